@@ -1,0 +1,40 @@
+# PIVOT: two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.installed
+DEMO_DIR ?= data/demo
+# Threads per process; 2-core machine by default.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: venv demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml requirements/cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+	# CPU wheel first, pinned, so nothing below can pull a CUDA build (GPU users: README "GPU install").
+	$(PIP) install -r requirements/cpu.txt
+	$(PIP) install -c requirements/cpu.txt -e ".[dev]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/run_demo.py --work-dir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -q tests
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m "slow" -q tests
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check pivot_monai tests scripts benchmarks
+	$(VENV)/bin/ruff format --check pivot_monai tests scripts benchmarks
+
+clean:
+	rm -rf $(VENV) data/demo

@@ -1,0 +1,212 @@
+"""Reading and writing CT volumes: LUNA16 ``.mhd/.raw``, NIfTI and DICOM series, one representation.
+
+SimpleITK does the reading for every format, so the geometry (origin, spacing, direction) is exactly what ITK
+reports, in the LPS frame LUNA16 annotations use. Arrays are returned in index order ``(x, y, z)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from pivot_monai.data.geometry import Geometry
+
+__all__ = [
+    "CTReadError",
+    "CTVolume",
+    "IMAGE_SUFFIXES",
+    "find_scans",
+    "read_ct",
+    "read_sitk",
+    "seriesuid_from_path",
+    "sitk_to_volume",
+    "volume_to_sitk",
+    "write_image",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
+# plausible CT range in HU; a volume entirely outside it is not CT
+_CT_MIN_HU, _CT_MAX_HU = -2000.0, 5000.0
+
+
+class CTReadError(ValueError):
+    """A scan that cannot be read as a 3D CT volume. The message names the file and what is wrong."""
+
+
+@dataclass
+class CTVolume:
+    """A CT scan in HU with its full geometry.
+
+    Attributes:
+        array: (X, Y, Z) HU values, index order x, y, z.
+        geometry: origin/spacing/direction/size of ``array``.
+        seriesuid: identifier used in LUNA16 CSVs (file stem, or DICOM SeriesInstanceUID).
+        path: the file or folder it was read from.
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+    seriesuid: str
+    path: Path | None = None
+
+
+def seriesuid_from_path(path: str | Path) -> str:
+    """LUNA16 seriesuid of a scan path: the file name without ``.mhd``/``.nii.gz``/..., or the DICOM folder name."""
+    p = Path(path)
+    name = p.name
+    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _is_image_file(p: Path) -> bool:
+    return p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def _is_dicom_dir(p: Path) -> bool:
+    return p.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
+
+
+def find_scans(root: str | Path) -> list[Path]:
+    """All scans below ``root``: ``.mhd``/``.mha``/NIfTI/NRRD files and DICOM series folders, sorted.
+
+    ``root`` may itself be a scan file or a DICOM folder.
+    """
+    root = Path(root)
+    if _is_image_file(root):
+        return [root]
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or directory (expected a CT scan or a folder of scans)")
+    found = sorted(p for p in root.rglob("*") if _is_image_file(p))
+    dicom_dirs = sorted({p.parent for p in root.rglob("*.dcm")})
+    found += [d for d in dicom_dirs if _is_dicom_dir(d)]
+    if not found and _is_dicom_dir(root):
+        found = [root]
+    return found
+
+
+def read_sitk(path: str | Path) -> sitk.Image:
+    """Read a scan as a ``SimpleITK.Image`` (float32 HU), checking it is a readable 3D volume.
+
+    Raises:
+        CTReadError: missing/truncated file, unreadable format, not 3D, NaN values or values outside a CT range.
+    """
+    p = Path(path)
+    try:
+        if p.is_dir():
+            reader = sitk.ImageSeriesReader()
+            series = reader.GetGDCMSeriesIDs(str(p))
+            if not series:
+                raise CTReadError(f"{p}: folder holds no DICOM series (expected .dcm slices of one CT series)")
+            files = reader.GetGDCMSeriesFileNames(str(p), series[0])
+            reader.SetFileNames(files)
+            image = reader.Execute()
+        else:
+            if not p.exists():
+                raise CTReadError(f"{p}: file not found")
+            if p.suffix.lower() == ".mhd":
+                _check_mhd_payload(p)
+            image = sitk.ReadImage(str(p))
+    except CTReadError:
+        raise
+    except RuntimeError as err:  # SimpleITK raises RuntimeError with ITK's message
+        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+        raise CTReadError(f"{p}: unreadable image ({first}); expected a .mhd/.raw pair, NIfTI or DICOM series") from err
+    if image.GetDimension() != 3 or min(image.GetSize()) < 2:
+        raise CTReadError(f"{p}: expected a 3D CT volume, got size {image.GetSize()} (a 2D image or a single slice?)")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise CTReadError(f"{p}: expected a scalar CT image, got {image.GetNumberOfComponentsPerPixel()} components")
+    image = sitk.Cast(image, sitk.sitkFloat32)
+    _check_hu_range(sitk.GetArrayViewFromImage(image), p)
+    return image
+
+
+def _check_mhd_payload(p: Path) -> None:
+    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or shorter than the header says."""
+    header: dict[str, str] = {}
+    for line in p.read_text(errors="replace").splitlines():
+        if "=" in line:
+            key, value = line.split("=", 1)
+            header[key.strip()] = value.strip()
+    data_file = header.get("ElementDataFile")
+    if not data_file or data_file == "LOCAL" or "%" in data_file or data_file.startswith("LIST"):
+        return
+    raw = p.parent / data_file
+    if not raw.exists():
+        raise CTReadError(f"{p}: data file {raw.name} is missing (expected it next to the .mhd header)")
+    if header.get("CompressedData", "False").lower() == "true":
+        return
+    sizes = {
+        "MET_UCHAR": 1,
+        "MET_CHAR": 1,
+        "MET_SHORT": 2,
+        "MET_USHORT": 2,
+        "MET_INT": 4,
+        "MET_UINT": 4,
+        "MET_FLOAT": 4,
+        "MET_DOUBLE": 8,
+    }
+    try:
+        dims = [int(v) for v in header["DimSize"].split()]
+        expected = int(np.prod(dims)) * sizes[header["ElementType"]] * int(header.get("ElementNumberOfChannels", 1))
+    except (KeyError, ValueError):
+        return
+    actual = raw.stat().st_size
+    if actual < expected:
+        raise CTReadError(
+            f"{p}: data file {raw.name} is truncated ({actual} bytes, header DimSize={dims} "
+            f"needs {expected}); re-copy or re-download the scan"
+        )
+
+
+def _check_hu_range(values: np.ndarray, p: Path) -> None:
+    if not np.all(np.isfinite(values)):
+        raise CTReadError(f"{p}: volume contains NaN or infinite values; expected Hounsfield units")
+    lo, hi = float(values.min()), float(values.max())
+    if hi <= _CT_MIN_HU or lo >= _CT_MAX_HU or hi - lo < 100.0:
+        raise CTReadError(
+            f"{p}: values {lo:.1f}..{hi:.1f} do not look like CT in Hounsfield units "
+            f"(expected air near -1000 and tissue near 0..100); check the rescale slope/intercept"
+        )
+
+
+def sitk_to_volume(image: sitk.Image, seriesuid: str, path: Path | None = None) -> CTVolume:
+    """Wrap a ``SimpleITK.Image`` as a :class:`CTVolume` with an ``(x, y, z)`` array."""
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    return CTVolume(np.ascontiguousarray(array), Geometry.from_sitk(image), seriesuid, path)
+
+
+def volume_to_sitk(array: np.ndarray, geometry: Geometry) -> sitk.Image:
+    """Build a ``SimpleITK.Image`` from an ``(x, y, z)`` array and its geometry."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)))
+    return geometry.apply_to_sitk(image)
+
+
+def read_ct(path: str | Path, seriesuid: str | None = None) -> CTVolume:
+    """Read a CT scan (``.mhd``, NIfTI, DICOM folder, ...) into a :class:`CTVolume` of float32 HU.
+
+    Args:
+        path: scan file or DICOM series folder.
+        seriesuid: identifier to attach; default is derived from the path.
+
+    Raises:
+        CTReadError: when the scan is unreadable or not a 3D CT volume; the message names the file.
+    """
+    p = Path(path)
+    return sitk_to_volume(read_sitk(p), seriesuid or seriesuid_from_path(p), p)
+
+
+def write_image(array: np.ndarray, geometry: Geometry, path: str | Path, compress: bool | None = None) -> Path:
+    """Write an ``(x, y, z)`` array with its geometry; the format follows the suffix (``.mhd`` writes ``.raw``)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    use_compression = p.name.endswith(".gz") if compress is None else compress
+    sitk.WriteImage(volume_to_sitk(array, geometry), str(p), useCompression=use_compression)
+    return p

@@ -1,0 +1,315 @@
+"""Preprocessing of raw CT into training-ready volumes: lung crop, resampling, HU window, nodule labels.
+
+Per scan, written to ``<output_dir>/<seriesuid>/``:
+
+* ``image.nii.gz``: float32 intensities in [0, 1] (HU clipped to ``data.hu_window``), at ``data.target_spacing``,
+  cropped to the lung bounding box plus ``data.lung_crop.margin_mm``;
+* ``label.nii.gz``: uint16 nodule instance ids (one sphere per annotated nodule, 0 = background);
+* ``meta.json``: the raw and processed geometry and every nodule's world and processed-voxel centre, diameter and
+  malignancy. ``Geometry.from_dict(meta["processed_geometry"]).index_to_world(ijk)`` maps any processed voxel to
+  world mm of the raw scan, because resampling keeps origin and direction and cropping only shifts the origin.
+
+The same :func:`preprocess_image` is used by inference, so training and inference see identical inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from pivot_monai.data.annotations import DEFAULT_MALIGNANCY_THRESHOLD, Nodule
+from pivot_monai.data.geometry import Geometry
+from pivot_monai.data.io import CTReadError, read_sitk, write_image
+from pivot_monai.data.lungs import lung_bounding_box, segment_lungs
+
+__all__ = [
+    "PreprocessConfig",
+    "PreprocessedScan",
+    "ScanError",
+    "crop_box",
+    "nodule_label_volume",
+    "preprocess_image",
+    "preprocess_scan",
+]
+
+logger = logging.getLogger(__name__)
+
+_COARSE_MM = 4.0  # spacing of the throw-away copy used to find the lungs
+
+
+class ScanError(ValueError):
+    """A scan that cannot be preprocessed; the message names the file and the problem."""
+
+
+@dataclass
+class PreprocessConfig:
+    """Preprocessing settings, read from the ``data`` section of ``train.yaml``.
+
+    Args:
+        target_spacing: output voxel size in mm, (x, y, z). Default (1.5, 1.5, 1.5).
+        hu_window: HU range clipped and scaled to [0, 1]. Default (-1000, 400).
+        lung_crop: crop to the lung bounding box. Default True.
+        crop_margin_mm: margin around the lung box in mm. Default 10.
+        malignancy_threshold: LIDC rating counted as malignant. Default 4.
+    """
+
+    target_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, float] = (-1000.0, 400.0)
+    lung_crop: bool = True
+    crop_margin_mm: float = 10.0
+    malignancy_threshold: float = DEFAULT_MALIGNANCY_THRESHOLD
+
+    def __post_init__(self) -> None:
+        self.target_spacing = tuple(float(v) for v in self.target_spacing)  # type: ignore[assignment]
+        self.hu_window = tuple(float(v) for v in self.hu_window)  # type: ignore[assignment]
+        if len(self.target_spacing) != 3 or min(self.target_spacing) <= 0:
+            raise ValueError(f"data.target_spacing must be 3 positive mm values, got {list(self.target_spacing)}")
+        if len(self.hu_window) != 2 or self.hu_window[0] >= self.hu_window[1]:
+            raise ValueError(f"data.hu_window must be [low, high] with low < high, got {list(self.hu_window)}")
+        if self.crop_margin_mm < 0:
+            raise ValueError(f"data.lung_crop.margin_mm must be >= 0, got {self.crop_margin_mm}")
+
+    @classmethod
+    def from_data_section(cls, data: dict[str, Any] | None) -> PreprocessConfig:
+        """Build from the guide's ``data`` section (missing keys take the defaults above)."""
+        data = data or {}
+        crop = data.get("lung_crop", {})
+        crop = {"enabled": bool(crop)} if isinstance(crop, bool) else dict(crop)
+        kwargs: dict[str, Any] = {}
+        if "target_spacing" in data:
+            kwargs["target_spacing"] = data["target_spacing"]
+        if "hu_window" in data:
+            kwargs["hu_window"] = data["hu_window"]
+        kwargs["lung_crop"] = bool(crop.get("enabled", True))
+        if "margin_mm" in crop:
+            kwargs["crop_margin_mm"] = float(crop["margin_mm"])
+        if "malignancy_threshold" in data:
+            kwargs["malignancy_threshold"] = float(data["malignancy_threshold"])
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class PreprocessedScan:
+    """Output of :func:`preprocess_image`.
+
+    Attributes:
+        image: (X, Y, Z) float32 in [0, 1].
+        geometry: geometry of ``image`` in the raw scan's world frame.
+        raw_geometry: geometry of the raw scan.
+        crop_start: start index of the crop in the full resampled grid.
+        lung_found: whether a lung mask was found (else the whole scan is kept).
+    """
+
+    image: np.ndarray
+    geometry: Geometry
+    raw_geometry: Geometry
+    crop_start: tuple[int, int, int]
+    lung_found: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def crop_box(
+    raw: sitk.Image,
+    cfg: PreprocessConfig,
+    must_include_world: np.ndarray | None = None,
+    must_include_radius_mm: np.ndarray | None = None,
+) -> tuple[Geometry, tuple[int, int, int], bool]:
+    """Target-spacing grid of the lung box (plus margin), also covering any ``must_include_world`` points.
+
+    Returns:
+        (geometry of the cropped target grid, crop start in the full resampled grid, whether lungs were found).
+    """
+    raw_geom = Geometry.from_sitk(raw)
+    full = raw_geom.resampled(cfg.target_spacing)
+    size = np.asarray(full.size)
+    if not cfg.lung_crop:
+        return full, (0, 0, 0), True
+    factors = [max(1, int(round(_COARSE_MM / s))) for s in raw_geom.spacing]
+    coarse = sitk.BinShrink(raw, factors)
+    coarse_geom = Geometry.from_sitk(coarse)
+    mask = segment_lungs(sitk.GetArrayViewFromImage(coarse).transpose(2, 1, 0), coarse_geom.spacing)
+    box = lung_bounding_box(mask)
+    if box is None:
+        return full, (0, 0, 0), False
+    lo_c, hi_c = box
+    corners = np.array(
+        [
+            [a, b, c]
+            for a in (lo_c[0] - 0.5, hi_c[0] + 0.5)
+            for b in (lo_c[1] - 0.5, hi_c[1] + 0.5)
+            for c in (lo_c[2] - 0.5, hi_c[2] + 0.5)
+        ]
+    )
+    world = coarse_geom.index_to_world(corners)
+    if must_include_world is not None and len(must_include_world):
+        r = (
+            np.asarray(must_include_radius_mm, dtype=float).reshape(-1, 1)
+            if must_include_radius_mm is not None
+            else np.zeros((len(must_include_world), 1))
+        )
+        offsets = np.array([[dx, dy, dz] for dx in (-1, 1) for dy in (-1, 1) for dz in (-1, 1)], dtype=float)
+        world = np.concatenate([world] + [must_include_world + o * r for o in offsets])
+    idx = full.world_to_index(world)
+    margin = cfg.crop_margin_mm / full.spacing
+    lo = np.clip(np.floor(idx.min(axis=0) - margin), 0, size - 1).astype(int)
+    hi = np.clip(np.ceil(idx.max(axis=0) + margin) + 1, lo + 1, size).astype(int)
+    return full.crop(tuple(lo), tuple(hi)), tuple(int(v) for v in lo), True
+
+
+def _resample(raw: sitk.Image, target: Geometry) -> sitk.Image:
+    """Resample ``raw`` onto ``target`` (linear), low-pass filtering first where it is downsampled (no aliasing)."""
+    raw_spacing = np.asarray(raw.GetSpacing())
+    ratio = np.asarray(target.spacing) / raw_spacing
+    if np.any(ratio > 1.5):
+        sigma = [
+            float(s * np.sqrt(max(r * r - 1.0, 0.0)) / 2.0) if r > 1.5 else 0.0 for s, r in zip(raw_spacing, ratio)
+        ]
+        raw = sitk.SmoothingRecursiveGaussian(raw, [max(v, 1e-3) for v in sigma])
+    return sitk.Resample(
+        raw,
+        [int(v) for v in target.size],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        [float(v) for v in target.origin],
+        [float(v) for v in target.spacing],
+        [float(v) for v in target.direction.reshape(-1)],
+        -1000.0,
+        sitk.sitkFloat32,
+    )
+
+
+def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 3) -> sitk.Image:
+    """The part of ``raw`` that covers ``target`` (so smoothing and resampling only touch that region)."""
+    raw_geom = Geometry.from_sitk(raw)
+    corners = np.array(
+        [
+            [a, b, c]
+            for a in (-0.5, target.size[0] - 0.5)
+            for b in (-0.5, target.size[1] - 0.5)
+            for c in (-0.5, target.size[2] - 0.5)
+        ]
+    )
+    idx = raw_geom.world_to_index(target.index_to_world(corners))
+    size = np.asarray(raw.GetSize())
+    lo = np.clip(np.floor(idx.min(axis=0)) - pad_vox, 0, size - 1).astype(int)
+    hi = np.clip(np.ceil(idx.max(axis=0)) + pad_vox + 1, lo + 1, size).astype(int)
+    return sitk.RegionOfInterest(raw, [int(v) for v in hi - lo], [int(v) for v in lo])
+
+
+def preprocess_image(
+    raw: sitk.Image,
+    cfg: PreprocessConfig,
+    must_include_world: np.ndarray | None = None,
+    must_include_radius_mm: np.ndarray | None = None,
+) -> PreprocessedScan:
+    """Lung crop, resample and HU-window one raw scan (float32 HU ``SimpleITK.Image``).
+
+    Args:
+        raw: the scan as read by :func:`pivot_monai.data.io.read_sitk`.
+        cfg: preprocessing settings.
+        must_include_world: (N, 3) world points the crop must contain (annotated nodules).
+        must_include_radius_mm: (N,) radius around each of those points.
+
+    Returns:
+        The processed image with its geometry in the raw scan's world frame.
+    """
+    target, start, found = crop_box(raw, cfg, must_include_world, must_include_radius_mm)
+    resampled = _resample(_raw_roi(raw, target), target)
+    hu = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    lo, hi = cfg.hu_window
+    image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
+    return PreprocessedScan(np.ascontiguousarray(image), target, Geometry.from_sitk(raw), start, found)
+
+
+def nodule_label_volume(geometry: Geometry, nodules: list[Nodule]) -> np.ndarray:
+    """(X, Y, Z) uint16 volume with a sphere of id ``i + 1`` for ``nodules[i]``, measured in world mm.
+
+    Distances are computed in world space, so spheres stay spheres for any spacing and direction.
+    """
+    label = np.zeros(geometry.size, dtype=np.uint16)
+    for i, n in enumerate(nodules):
+        centre = geometry.world_to_index(np.asarray(n.world))
+        r_vox = (n.diameter_mm / 2.0) / geometry.spacing
+        lo = np.maximum(np.floor(centre - r_vox - 1).astype(int), 0)
+        hi = np.minimum(np.ceil(centre + r_vox + 2).astype(int), np.asarray(geometry.size))
+        if np.any(hi <= lo):
+            continue
+        grid = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), axis=-1)
+        d2 = np.sum((geometry.index_to_world(grid) - np.asarray(n.world)) ** 2, axis=-1)
+        sphere = d2 <= max((n.diameter_mm / 2.0) ** 2, float(np.min(geometry.spacing) / 2.0) ** 2)
+        sub = label[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        sub[sphere & (sub == 0)] = i + 1
+    return label
+
+
+def _nodule_record(n: Nodule, geometry: Geometry, cfg: PreprocessConfig, idx: int | None) -> dict[str, Any]:
+    rec = n.to_dict()
+    rec["voxel"] = geometry.world_to_index(np.asarray(n.world)).tolist()
+    rec["malignant"] = n.is_malignant(cfg.malignancy_threshold)
+    if idx is not None:
+        rec["label_id"] = idx + 1
+    return rec
+
+
+def preprocess_scan(
+    scan_path: str | Path,
+    seriesuid: str,
+    nodules: list[Nodule],
+    excluded: list[Nodule],
+    output_dir: str | Path,
+    cfg: PreprocessConfig,
+    extra_meta: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Preprocess one raw scan and write ``image.nii.gz``, ``label.nii.gz`` and ``meta.json``.
+
+    Raises:
+        ScanError: unreadable/truncated scan, or an annotation outside the image. Nothing is written then.
+    """
+    scan_path = Path(scan_path)
+    try:
+        raw = read_sitk(scan_path)
+    except CTReadError as err:
+        raise ScanError(str(err)) from err
+    raw_geom = Geometry.from_sitk(raw)
+    for n in nodules:
+        if not raw_geom.contains_index(raw_geom.world_to_index(np.asarray(n.world)))[0]:
+            raise ScanError(
+                f"{scan_path}: annotation at world {list(n.world)} mm (diameter {n.diameter_mm} mm) lies "
+                f"outside the image (origin {raw_geom.origin.tolist()}, size {list(raw_geom.size)}, "
+                f"spacing {raw_geom.spacing.tolist()}); check the seriesuid and the coordinate columns"
+            )
+    world = np.asarray([n.world for n in nodules], dtype=float).reshape(-1, 3)
+    radius = np.asarray([n.diameter_mm / 2.0 for n in nodules], dtype=float)
+    scan = preprocess_image(raw, cfg, world, radius)
+    if not scan.lung_found:
+        logger.warning("%s: no lungs found by thresholding; keeping the whole scan", scan_path)
+    label = nodule_label_volume(scan.geometry, nodules)
+    out = Path(output_dir) / seriesuid
+    out.mkdir(parents=True, exist_ok=True)
+    write_image(scan.image, scan.geometry, out / "image.nii.gz")
+    write_image(label, scan.geometry, out / "label.nii.gz")
+    meta = {
+        "seriesuid": seriesuid,
+        "source": str(scan_path),
+        "raw_geometry": raw_geom.to_dict(),
+        "processed_geometry": scan.geometry.to_dict(),
+        "crop_start": list(scan.crop_start),
+        "lung_found": scan.lung_found,
+        "preprocess_config": cfg.to_dict(),
+        "nodules": [_nodule_record(n, scan.geometry, cfg, i) for i, n in enumerate(nodules)],
+        "excluded": [_nodule_record(n, scan.geometry, cfg, None) for n in excluded],
+        **(extra_meta or {}),
+    }
+    tmp = out / "meta.json.tmp"
+    tmp.write_text(json.dumps(meta, indent=1))
+    tmp.replace(out / "meta.json")  # meta.json last and atomic: its presence marks a finished scan
+    return meta

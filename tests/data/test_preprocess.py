@@ -1,0 +1,148 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from pivot_monai.cli import main
+from pivot_monai.data.geometry import Geometry
+from pivot_monai.data.preprocess import PreprocessConfig
+from pivot_monai.data.raw_dataset import preprocess_dataset
+from tests.conftest import FLIP_Z, oblique_direction
+
+CFG = PreprocessConfig(target_spacing=(1.5, 1.5, 1.5), crop_margin_mm=6.0)
+
+
+def _geoms():
+    return {
+        "1.2.aniso": Geometry((-172.3, -145.8, -312.5), (1.4, 1.4, 2.5), np.eye(3), (110, 96, 40)),
+        "1.2.flip": Geometry((-80.0, 60.0, -40.0), (1.2, 1.2, 2.0), FLIP_Z, (120, 100, 44)),
+        "1.2.oblique": Geometry((20.0, -30.0, 100.0), (1.3, 1.3, 1.8), oblique_direction(12.0), (110, 100, 44)),
+    }
+
+
+def _load(out, uid):
+    meta = json.loads((out / uid / "meta.json").read_text())
+    image = nib.load(out / uid / "image.nii.gz").get_fdata()
+    label = np.asarray(nib.load(out / uid / "label.nii.gz").dataobj)
+    return meta, image, label
+
+
+def test_nodule_centre_lands_in_its_sphere_and_maps_back_to_world(make_raw_dataset, tmp_path):
+    root, truth = make_raw_dataset(_geoms())
+    out = tmp_path / "processed"
+    report = preprocess_dataset(root, out, CFG)
+    assert sorted(report["ok"]) == sorted(truth) and not report["failed"]
+    for uid, (_, centre, _diameter) in truth.items():
+        meta, image, label = _load(out, uid)
+        geom = Geometry.from_dict(meta["processed_geometry"])
+        assert image.shape == geom.size and label.shape == geom.size
+        assert 0.0 <= image.min() and image.max() <= 1.0
+        np.testing.assert_allclose(geom.spacing, CFG.target_spacing)
+        voxel = np.asarray(meta["nodules"][0]["voxel"])
+        assert label[tuple(np.round(voxel).astype(int))] == 1
+        # processed voxel -> world is exact, and the label sphere's centroid is within half a voxel of the truth
+        np.testing.assert_allclose(geom.index_to_world(voxel), centre, atol=1e-3)  # CSV keeps 4 decimals
+        centroid = np.argwhere(label == 1).mean(axis=0)
+        assert np.all(np.abs(centroid - voxel) <= 0.5), (uid, centroid, voxel)
+        assert np.linalg.norm(geom.index_to_world(centroid) - centre) <= 0.5 * np.linalg.norm(geom.spacing)
+        # the nodule is bright in the processed image (solid, ~30 HU -> ~0.73 after the window)
+        assert image[tuple(np.round(voxel).astype(int))] > 0.6
+        # crop keeps the processed grid inside the raw field of view and smaller than it
+        assert np.prod(geom.size) * np.prod(geom.spacing) < np.prod(meta["raw_geometry"]["size"]) * np.prod(
+            meta["raw_geometry"]["spacing"]
+        )
+
+
+def test_rerun_skips_finished_scans_and_overwrite_redoes_them(make_raw_dataset, tmp_path):
+    root, truth = make_raw_dataset({k: v for k, v in list(_geoms().items())[:1]})
+    out = tmp_path / "processed"
+    preprocess_dataset(root, out, CFG)
+    again = preprocess_dataset(root, out, CFG)
+    assert again["skipped"] == list(truth) and not again["ok"]
+    assert preprocess_dataset(root, out, CFG, overwrite=True)["ok"] == list(truth)
+
+
+def _break(root, case):
+    mhd = sorted((root / "subset0").glob("*.mhd"))[0]
+    uid = mhd.name[:-4]
+    if case == "missing_raw":
+        mhd.with_suffix(".raw").unlink()
+    elif case == "truncated_raw":
+        raw = mhd.with_suffix(".raw")
+        raw.write_bytes(raw.read_bytes()[:1000])
+    elif case == "unreadable":
+        mhd.write_text("garbage header\n")
+    elif case == "outside":
+        csv = root / "annotations.csv"
+        rows = [ln.split(",") for ln in csv.read_text().splitlines()]
+        for row in rows[1:]:
+            if row[0] == uid:
+                row[1] = "9999.0"
+        csv.write_text("\n".join(",".join(r) for r in rows) + "\n")
+    elif case == "unknown_uid":
+        (root / "seriesuids.csv").write_text(
+            "seriesuid\n" + "\n".join(p.name[:-4] for p in sorted((root / "subset0").glob("*.mhd"))[1:]) + "\n"
+        )
+    return uid
+
+
+@pytest.mark.parametrize("case", ["missing_raw", "truncated_raw", "unreadable", "outside", "unknown_uid"])
+def test_broken_scan_is_reported_and_others_continue(make_raw_dataset, tmp_path, case, caplog):
+    root, truth = make_raw_dataset({k: v for k, v in list(_geoms().items())[:2]})
+    bad = _break(root, case)
+    out = tmp_path / "processed"
+    code = main(["preprocess", "--input-dir", str(root), "--output-dir", str(out)])
+    assert code == 1
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert [f["seriesuid"] for f in report["failed"]] == [bad]
+    err = report["failed"][0]["error"]
+    assert bad in err
+    assert {
+        "missing_raw": "missing",
+        "truncated_raw": "truncated",
+        "unreadable": "unreadable",
+        "outside": "outside the image",
+        "unknown_uid": "seriesuid list",
+    }[case] in err
+    good = [u for u in truth if u != bad]
+    assert report["ok"] == good and (out / good[0] / "meta.json").exists()
+    assert not (out / bad / "meta.json").exists()
+
+
+@pytest.mark.parametrize("diameter", ["nan", "0", "-2"])
+def test_bad_diameter_in_csv_fails_with_clear_error(make_raw_dataset, tmp_path, diameter, caplog):
+    root, _ = make_raw_dataset({k: v for k, v in list(_geoms().items())[:1]})
+    csv = root / "annotations.csv"
+    head, row = csv.read_text().splitlines()[:2]
+    parts = row.split(",")
+    parts[4] = diameter
+    csv.write_text(head + "\n" + ",".join(parts) + "\n")
+    assert main(["preprocess", "--input-dir", str(root), "--output-dir", str(tmp_path / "p")]) == 2
+    assert "diameter_mm" in caplog.text and "annotations.csv:2" in caplog.text
+
+
+def test_parallel_workers_give_same_result(make_raw_dataset, tmp_path):
+    root, truth = make_raw_dataset({k: v for k, v in list(_geoms().items())[:2]})
+    a = preprocess_dataset(root, tmp_path / "a", CFG, workers=1)
+    b = preprocess_dataset(root, tmp_path / "b", CFG, workers=2)
+    assert a["ok"] == b["ok"] == sorted(truth)
+    for uid in truth:
+        np.testing.assert_array_equal(_load(tmp_path / "a", uid)[1], _load(tmp_path / "b", uid)[1])
+
+
+def test_config_data_section_is_used(tmp_path):
+    cfg_file = tmp_path / "cfg.yaml"
+    cfg_file.write_text(
+        "data:\n  target_spacing: [2.0, 2.0, 2.5]\n  hu_window: [-1200, 600]\n"
+        "  lung_crop: {enabled: false, margin_mm: 3}\n"
+    )
+    from pivot_monai.train_config import load_data_section
+
+    cfg = PreprocessConfig.from_data_section(load_data_section(cfg_file))
+    assert cfg.target_spacing == (2.0, 2.0, 2.5) and cfg.hu_window == (-1200.0, 600.0)
+    assert cfg.lung_crop is False and cfg.crop_margin_mm == 3.0
+    with pytest.raises(ValueError, match="hu_window"):
+        PreprocessConfig(hu_window=(400, -1000))
