@@ -1,1 +1,26 @@
-"""handlers stage of PIVOT."""
+"""handlers stage of PIVOT: thin ignite handlers over the maths in ``metrics``/``losses``."""
+
+from __future__ import annotations
+
+from pivot_monai.handlers.gradients import GradientClipHandler
+from pivot_monai.handlers.telemetry import TrainingTelemetryHandler, peak_rss_mb
+from pivot_monai.handlers.validation import (
+    attach_optional,
+    build_validation_metrics,
+    close_writer,
+    detection_output_transform,
+    make_summary_writer,
+    metric_score,
+)
+
+__all__ = [
+    "GradientClipHandler",
+    "TrainingTelemetryHandler",
+    "attach_optional",
+    "build_validation_metrics",
+    "close_writer",
+    "detection_output_transform",
+    "make_summary_writer",
+    "metric_score",
+    "peak_rss_mb",
+]

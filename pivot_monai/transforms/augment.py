@@ -1,0 +1,92 @@
+"""The guide's ``augmentation`` section as MONAI transforms.
+
+Spatial transforms move image and instance label together (bilinear / nearest), so the targets derived afterwards
+(:class:`~pivot_monai.transforms.targets.NoduleTargetsd`) stay on the nodules.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from monai.transforms import (
+    Rand3DElasticd,
+    RandFlipd,
+    RandGaussianNoised,
+    RandRotated,
+    RandZoomd,
+    Transform,
+)
+
+__all__ = ["AUGMENTATION_KEYS", "build_augmentation"]
+
+AUGMENTATION_KEYS = ("enabled", "flip", "rotation", "scaling", "noise", "elastic")
+
+
+def _prob(cfg: Mapping[str, Any], name: str) -> float:
+    p = float(cfg.get("prob", 0.0))
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"augmentation.{name}.prob must be in [0, 1], got {p}")
+    return p
+
+
+def _pair(value: Any, name: str, positive: bool = True) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        value = (value, value)
+    lo, hi = (float(v) for v in value)
+    if lo > hi or (positive and lo <= 0):
+        raise ValueError(f"augmentation.{name} must be [low, high] with 0 < low <= high, got {list(value)}")
+    return lo, hi
+
+
+def build_augmentation(cfg: Mapping[str, Any] | None, image_key: str = "image", label_key: str = "label"
+                       ) -> list[Transform]:
+    """Transforms for the ``augmentation`` section; an empty list when ``enabled`` is false.
+
+    Args:
+        cfg: ``{"enabled", "flip": {prob, axes}, "rotation": {prob, max_angle (degrees)},
+            "scaling": {prob, scale_range}, "noise": {prob, mean, std}, "elastic": {prob, sigma_range,
+            magnitude_range}}``. A section with ``prob: 0`` adds nothing.
+        image_key: image key (bilinear). label_key: instance label key (nearest).
+
+    Raises:
+        ValueError: unknown sub-section or out-of-range value, naming the ``augmentation.*`` key.
+    """
+    cfg = dict(cfg or {})
+    unknown = sorted(set(cfg) - set(AUGMENTATION_KEYS))
+    if unknown:
+        raise ValueError(f"augmentation: unknown key(s) {unknown}; valid: {list(AUGMENTATION_KEYS)}")
+    if not cfg.get("enabled", True):
+        return []
+    keys, modes = [image_key, label_key], ["bilinear", "nearest"]
+    out: list[Transform] = []
+    flip = cfg.get("flip") or {}
+    if _prob(flip, "flip") > 0:
+        for axis in flip.get("axes", [0, 1, 2]):
+            if axis not in (0, 1, 2):
+                raise ValueError(f"augmentation.flip.axes must be spatial axes in 0..2, got {axis}")
+            out.append(RandFlipd(keys, prob=flip["prob"], spatial_axis=axis))
+    rot = cfg.get("rotation") or {}
+    if _prob(rot, "rotation") > 0:
+        angle = math.radians(float(rot.get("max_angle", 15.0)))
+        out.append(RandRotated(keys, range_x=angle, range_y=angle, range_z=angle, prob=rot["prob"], mode=modes,
+                               padding_mode="zeros", keep_size=True))
+    scale = cfg.get("scaling") or {}
+    if _prob(scale, "scaling") > 0:
+        lo, hi = _pair(scale.get("scale_range", (0.9, 1.1)), "scaling.scale_range")
+        out.append(RandZoomd(keys, prob=scale["prob"], min_zoom=lo, max_zoom=hi, mode=["trilinear", "nearest"],
+                             keep_size=True, padding_mode="constant"))
+    elastic = cfg.get("elastic") or {}
+    if _prob(elastic, "elastic") > 0:
+        out.append(Rand3DElasticd(keys, sigma_range=_pair(elastic.get("sigma_range", (5, 7)), "elastic.sigma_range"),
+                                  magnitude_range=_pair(elastic.get("magnitude_range", (50, 150)),
+                                                        "elastic.magnitude_range"),
+                                  prob=elastic["prob"], mode=modes, padding_mode="zeros"))
+    noise = cfg.get("noise") or {}
+    if _prob(noise, "noise") > 0:
+        std = float(noise.get("std", 0.02))
+        if std < 0:
+            raise ValueError(f"augmentation.noise.std must be >= 0, got {std}")
+        out.append(RandGaussianNoised([image_key], prob=noise["prob"], mean=float(noise.get("mean", 0.0)), std=std))
+    return out
