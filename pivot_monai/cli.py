@@ -116,10 +116,24 @@ def run_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    from pivot_monai.train import add_train_arguments
+
+    add_train_arguments(p)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from pivot_monai.train import run_train
+
+    return run_train(args)
+
+
 _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "synth": ("generate a synthetic LUNA16-style chest-CT dataset", add_synth_arguments, run_synth),
     "preprocess": ("resample, HU-window and lung-crop raw scans", add_preprocess_arguments, run_preprocess),
     "split": ("split a processed dataset into train/val/test", add_split_arguments, run_split),
+    "train": ("train the detector (bundle workflow) from a minimal YAML merged over the defaults", _train_arguments,
+              _run_train),
 }
 
 

@@ -1,7 +1,7 @@
 """Peak decoding: heatmap -> nodule candidates (voxel and world coordinates, score, diameter, malignancy).
 
-Steps (each configurable): 3D max-pool NMS on the heatmap, a score threshold, sub-voxel refinement (heatmap-weighted
-centroid of the 3x3x3 neighbourhood), merging of candidates closer than the larger one's radius (the lower score is
+Steps (each configurable): 3D max-pool NMS on the heatmap, a score threshold, sub-voxel refinement (a log-parabola
+through each peak and its neighbours, exact for Gaussian peaks), merging of candidates closer than the larger one's radius (the lower score is
 dropped) and a cap of ``max_candidates`` per scan (LUNA16 scores at most 100).
 """
 
@@ -28,7 +28,7 @@ class DecodeSettings:
         max_candidates: candidates kept per scan. Default 100.
         merge_radius: merge candidates closer than the larger predicted radius. Default True.
         min_merge_mm: smallest merge distance in mm. Default 3.0.
-        refine: sub-voxel centroid refinement. Default True.
+        refine: sub-voxel peak refinement. Default True.
     """
 
     score_threshold: float = 0.05
@@ -99,13 +99,25 @@ def decode_peaks(heatmap: torch.Tensor, diameter: torch.Tensor | None = None, ma
 
 
 def _refine(heat: torch.Tensor, idx: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
-    """Heatmap-weighted centroid of each peak's 3x3x3 neighbourhood (clipped at the borders)."""
-    offsets = torch.stack(torch.meshgrid(*[torch.arange(-1, 2)] * 3, indexing="ij"), dim=-1).reshape(-1, 3)
-    nb = idx[:, None, :] + offsets[None]
-    valid = ((nb >= 0) & (nb < shape)).all(-1)
-    nb = torch.minimum(torch.clamp(nb, min=0), shape - 1)
-    w = heat[nb[..., 0], nb[..., 1], nb[..., 2]] * valid
-    return (w[..., None].double() * nb.double()).sum(1) / w.sum(1, keepdim=True).double().clamp_min(1e-12)
+    """Sub-voxel peak position: a parabola through the log-heatmap at each peak and its two neighbours, per axis.
+
+    Exact for a Gaussian peak; offsets are clamped to half a voxel and left at 0 on the borders.
+    """
+    pos = idx.double().clone()
+    centre = torch.log(heat[tuple(idx.T)].double().clamp_min(1e-12))
+    for axis in range(3):
+        lo, hi = idx.clone(), idx.clone()
+        lo[:, axis] -= 1
+        hi[:, axis] += 1
+        inside = (lo[:, axis] >= 0) & (hi[:, axis] < shape[axis])
+        lo[:, axis].clamp_(min=0)
+        hi[:, axis].clamp_(max=int(shape[axis]) - 1)
+        a = torch.log(heat[tuple(lo.T)].double().clamp_min(1e-12))
+        b = torch.log(heat[tuple(hi.T)].double().clamp_min(1e-12))
+        curvature = a - 2 * centre + b
+        offset = torch.where(curvature < -1e-12, 0.5 * (a - b) / curvature, torch.zeros_like(a))
+        pos[:, axis] += torch.where(inside, offset.clamp(-0.5, 0.5), torch.zeros_like(offset))
+    return pos
 
 
 def _merge(pos: np.ndarray, diam: np.ndarray, spacing: np.ndarray, s: DecodeSettings) -> np.ndarray:

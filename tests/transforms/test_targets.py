@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.transforms import Compose
+
+from pivot_monai.transforms.augment import build_augmentation
+from pivot_monai.transforms.targets import NoduleTargetsd, RecordInstanceVolumesd, gaussian_heatmap
+
+
+def _item(centre=(20.0, 14.0, 17.0), radius=4.0, shape=(40, 36, 32)):
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), -1)
+    sphere = np.sum((grid - np.asarray(centre)) ** 2, -1) <= radius**2
+    label = np.zeros(shape, np.float32)
+    label[sphere] = 1
+    image = np.where(sphere, 0.8, 0.1).astype(np.float32)
+    diam = np.zeros(65, np.float32)
+    diam[1] = 2 * radius * 1.5
+    malig = np.full(65, -1.0, np.float32)
+    malig[1] = 1.0
+    return {"image": torch.as_tensor(image[None]), "label": torch.as_tensor(label[None]), "nodule_diameters": diam,
+            "nodule_malignancy": malig}
+
+
+def test_heatmap_peaks_at_nodule_centre_with_size_and_malignancy_targets():
+    out = NoduleTargetsd(spacing=(1.5, 1.5, 1.5))(_item())
+    heat = out["heatmap"][0].numpy()
+    assert heat.max() == pytest.approx(1.0, abs=1e-6)
+    assert np.unravel_index(heat.argmax(), heat.shape) == (20, 14, 17)
+    mask = out["mask"][0].numpy() > 0
+    assert np.allclose(out["diameter"][0].numpy()[mask], 12.0) and out["diameter"][0].numpy()[~mask].max() == 0
+    assert np.all(out["malignancy"][0].numpy()[mask] == 1.0) and out["malignancy_mask"][0].numpy()[mask].all()
+
+
+def test_no_nodule_gives_empty_targets():
+    item = _item()
+    item["label"] = torch.zeros_like(item["label"])
+    out = NoduleTargetsd()(item)
+    assert float(out["heatmap"].max()) == 0.0 and float(out["mask"].sum()) == 0.0
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_targets_stay_on_the_nodule_after_spatial_augmentation(seed):
+    aug = {"flip": {"prob": 1.0, "axes": [0, 1, 2]}, "rotation": {"prob": 1.0, "max_angle": 25},
+           "scaling": {"prob": 1.0, "scale_range": [0.85, 1.15]}, "elastic": {"prob": 0.0}}
+    pipeline = Compose([RecordInstanceVolumesd(), *build_augmentation(aug), NoduleTargetsd(spacing=(1.5,) * 3)])
+    pipeline.set_random_state(seed=seed)
+    out = pipeline(_item())
+    image, heat = out["image"][0].numpy(), out["heatmap"][0].numpy()
+    peak = np.unravel_index(heat.argmax(), heat.shape)
+    assert image[peak] > 0.5, "heatmap peak left the (moved) nodule"
+    bright = np.argwhere(image > 0.45).mean(axis=0)
+    assert np.linalg.norm(bright - np.asarray(peak)) < 1.5
+    d = out["diameter"][0].numpy()[out["mask"][0].numpy() > 0]
+    assert 12.0 * 0.8 < d.mean() < 12.0 * 1.2
+
+
+def test_diameter_target_follows_scaling():
+    from monai.transforms import Zoomd
+
+    item = RecordInstanceVolumesd()(_item())
+    zoomed = Zoomd(["image", "label"], zoom=1.2, mode=["trilinear", "nearest"], keep_size=True)(item)
+    out = NoduleTargetsd(spacing=(1.5,) * 3)(zoomed)
+    d = out["diameter"][0].numpy()[out["mask"][0].numpy() > 0]
+    assert d.mean() == pytest.approx(12.0 * 1.2, rel=0.08)
+
+
+def test_gaussian_heatmap_anisotropic_sigma():
+    heat = gaussian_heatmap((21, 21, 21), np.array([[10.0, 10.0, 10.0]]), np.array([[1.0, 2.0, 3.0]]))
+    assert heat[10, 10, 10] == pytest.approx(1.0)
+    assert heat[11, 10, 10] == pytest.approx(np.exp(-0.5), rel=1e-5)
+    assert heat[10, 10, 13] == pytest.approx(np.exp(-0.5), rel=1e-5)
+
+
+def test_augmentation_errors_name_the_key():
+    with pytest.raises(ValueError, match=r"augmentation.flip.prob"):
+        build_augmentation({"flip": {"prob": 1.5}})
+    with pytest.raises(ValueError, match="unknown key"):
+        build_augmentation({"shear": {}})
+    assert build_augmentation({"enabled": False, "flip": {"prob": 1.0}}) == []
