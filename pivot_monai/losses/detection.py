@@ -1,18 +1,18 @@
-"""Heatmap (detection) loss: MONAI focal or dice loss, with optional hard-negative selection.
+"""Heatmap (detection) loss: focal (soft-target) or MONAI dice loss, with optional hard-negative selection.
 
 Both losses take heatmap **logits** (the detector's train-mode output) and a soft Gaussian target in [0, 1].
 
-Notes on soft targets (checked numerically against MONAI 1.5):
-
-* ``monai.losses.FocalLoss`` (sigmoid) accepts soft targets and stays finite and differentiable, but its modulating
-  factor ``sigmoid(-x * (2t - 1)) ** gamma`` is not minimised at ``p = t``: for ``gamma > 0`` the per-voxel minimum
-  is pushed to ``p -> 1`` where ``t > 0.5`` and to ``p -> 0`` where ``t < 0.5``. The focal loss therefore learns the
-  heatmap's 0.5 iso-contour (a plateau around each centre) rather than the Gaussian profile; peaks stay at the
-  nodule centres only through the smoothness of the network output. With ``gamma = 0`` it is plain BCE, minimised at
-  ``p = t``.
-* ``monai.losses.MaskedDiceLoss`` multiplies the *logits* by the mask before the sigmoid, so masked-out voxels count
-  as ``p = 0.5``. Hard-negative selection with dice therefore masks here by setting dropped logits to ``-1e4``
-  (``sigmoid = 0``) and their targets to 0, so they add nothing to the numerator or denominator.
+* ``"focal"`` is written here rather than taken from ``monai.losses.FocalLoss``: MONAI's sigmoid focal loss accepts
+  soft targets, but its modulating factor ``sigmoid(-x * (2t - 1)) ** gamma`` is not minimised at ``p = t`` (for
+  ``gamma > 0`` it drives ``p -> 1`` wherever ``t > 0.5`` and ``p -> 0`` elsewhere), so it learns a plateau at the
+  heatmap's 0.5 contour instead of the Gaussian peak that peak decoding needs. :func:`soft_focal_loss` uses the
+  modulating factor ``|t - p| ** gamma`` (as in the quality focal loss of Li et al., 2020) and the alpha balance
+  ``alpha * t + (1 - alpha) * (1 - t)``: identical to the RetinaNet focal loss for binary targets, and minimised at
+  ``p = t`` for soft ones. The sum is normalised by the target mass ``max(1, sum(t))`` (CenterNet-style, so the
+  loss does not shrink with the patch volume and keeps its weight against the regression terms).
+* ``"dice"``: ``monai.losses.DiceLoss``. ``monai.losses.MaskedDiceLoss`` multiplies the *logits* by the mask before
+  the sigmoid, so masked-out voxels count as ``p = 0.5``. Hard-negative selection with dice therefore masks here by
+  setting dropped logits to ``-1e4`` (``sigmoid = 0``) and their targets to 0, so they add nothing.
 """
 
 from __future__ import annotations
@@ -22,9 +22,10 @@ import math
 
 import torch
 import torch.nn as nn
-from monai.losses import DiceLoss, FocalLoss
+import torch.nn.functional as F
+from monai.losses import DiceLoss
 
-__all__ = ["HEATMAP_LOSS_TYPES", "HeatmapLoss", "select_hard_negatives"]
+__all__ = ["HEATMAP_LOSS_TYPES", "HeatmapLoss", "select_hard_negatives", "soft_focal_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -104,11 +105,41 @@ def select_hard_negatives(
     return keep.view(loss_map.shape)
 
 
+def soft_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float | None = 0.25, gamma: float = 2.0
+                    ) -> torch.Tensor:
+    """Per-voxel focal loss for soft targets: ``w_alpha(t) * |t - p| ** gamma * BCE(p, t)``.
+
+    Args:
+        logits: (B, 1, D, H, W) logits.
+        target: (B, 1, D, H, W) targets in [0, 1].
+        alpha: positive-class balance (``None``: no balancing). Default 0.25.
+        gamma: focusing exponent. Default 2.0.
+
+    Returns:
+        (B, 1, D, H, W) loss map (float32).
+    """
+    logits, target = logits.float(), target.float()
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    loss = (target - torch.sigmoid(logits)).abs().pow(gamma) * bce if gamma else bce
+    if alpha is not None:
+        loss = loss * (alpha * target + (1.0 - alpha) * (1.0 - target))
+    return loss
+
+
+class _SoftFocal(nn.Module):
+    def __init__(self, alpha: float | None, gamma: float) -> None:
+        super().__init__()
+        self.alpha, self.gamma = alpha, gamma
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_focal_loss(logits, target, self.alpha, self.gamma)
+
+
 class HeatmapLoss(nn.Module):
     """Focal or dice loss on heatmap logits, with optional hard-negative selection.
 
-    * ``"focal"``: ``monai.losses.FocalLoss(gamma, alpha, use_softmax=False)``, averaged over all voxels, or over
-      the kept voxels when hard-negative selection is on.
+    * ``"focal"``: :func:`soft_focal_loss`, summed over all voxels (or over the kept voxels when hard-negative
+      selection is on) and divided by the target mass ``max(1, sum(t))``.
     * ``"dice"``: ``monai.losses.DiceLoss(sigmoid=True, squared_pred, smooth_nr=smooth, smooth_dr=smooth, batch)``.
       With ``batch=True`` (default) intersection and union are summed over the batch, so patches without a nodule
       do not each contribute a full dice term.
@@ -156,7 +187,7 @@ class HeatmapLoss(nn.Module):
         self.loss_type = loss_type
         self.loss: nn.Module
         if loss_type == "focal":
-            self.loss = FocalLoss(gamma=gamma, alpha=alpha, reduction="none", use_softmax=False)
+            self.loss = _SoftFocal(alpha=alpha, gamma=gamma)
         else:
             self.loss = DiceLoss(
                 sigmoid=True, squared_pred=squared_pred, smooth_nr=smooth, smooth_dr=smooth, batch=batch
@@ -193,9 +224,9 @@ class HeatmapLoss(nn.Module):
         if self.loss_type == "focal":
             loss_map = self.loss(logits, target)
             if not self.hard_negative_enabled:
-                return loss_map.mean()
+                return loss_map.sum() / target.sum().clamp_min(1.0)
             keep = self._select(loss_map, target)
-            return (loss_map * keep).sum() / keep.sum().clamp_min(1)
+            return (loss_map * keep).sum() / (target * keep).sum().clamp_min(1.0)
         if not self.hard_negative_enabled:
             return self.loss(logits, target)
         keep = self._select(torch.sigmoid(logits), target)

@@ -28,7 +28,7 @@ __all__ = ["LOSS_DEFAULTS", "TARGET_KEYS", "MultiTaskDetectionLoss", "build_loss
 
 logger = logging.getLogger(__name__)
 
-TARGET_KEYS: tuple[str, ...] = ("heatmap", "diameter", "malignancy", "mask")
+TARGET_KEYS: tuple[str, ...] = ("heatmap", "diameter", "malignancy", "mask", "malignancy_mask")
 """Target keys read by :class:`MultiTaskDetectionLoss` (and resampled by :func:`downsample_targets`)."""
 
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -185,7 +185,8 @@ class MultiTaskDetectionLoss(nn.Module):
             pred: detector output in train mode: ``"heatmap"`` (B, 1, d, h, w) logits, ``"diameter"`` (B, 1, d, h, w)
                 mm, ``"malignancy"`` (B, 1, d, h, w) logits, with ``(d, h, w) = (D, H, W) / output_stride``.
             target: ``"heatmap"`` (B, 1, D, H, W) in [0, 1], ``"diameter"`` (B, 1, D, H, W) mm, ``"malignancy"``
-                (B, 1, D, H, W) in {0, 1}, ``"mask"`` (B, 1, D, H, W) nodule voxels (bool or {0, 1}).
+                (B, 1, D, H, W) in {0, 1}, ``"mask"`` (B, 1, D, H, W) nodule voxels (bool or {0, 1}), optionally
+                ``"malignancy_mask"`` (nodule voxels with a malignancy rating; default ``"mask"``).
 
         Returns:
             scalar total loss.
@@ -207,7 +208,9 @@ class MultiTaskDetectionLoss(nn.Module):
             if use_reg:
                 regression = self.regression_loss(pred["diameter"], target["diameter"], mask)
             if use_cls:
-                classification = self.classification_loss(pred["malignancy"], target["malignancy"], mask)
+                # nodules without a malignancy rating are left out of the triage loss when the targets say so
+                cls_mask = target["malignancy_mask"] > _MASK_THRESHOLD if "malignancy_mask" in target else mask
+                classification = self.classification_loss(pred["malignancy"], target["malignancy"], cls_mask)
         total = (
             self.weights["detection"] * detection
             + self.weights["regression"] * regression

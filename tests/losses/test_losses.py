@@ -42,32 +42,36 @@ def _targets(shape=(1, 1, 8, 8, 8), centre=(3, 4, 5), diameter=6.0, malignant=1.
 def test_focal_loss_matches_hand_computation():
     # p = sigmoid(0) = 0.5 at both voxels; alpha_t = 0.25 (t=1) / 0.75 (t=0); (1 - p_t)^2 = 0.25; -log p_t = log 2
     loss = HeatmapLoss("focal", alpha=0.25, gamma=2.0)(_vox(0.0, 0.0), _vox(1.0, 0.0))
-    expected = (0.25 * 0.25 * LOG2 + 0.75 * 0.25 * LOG2) / 2
+    expected = 0.25 * 0.25 * LOG2 + 0.75 * 0.25 * LOG2  # summed, divided by the target mass 1
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_focal_loss_confident_voxels_are_down_weighted():
     # t=1, x=2: p = sigmoid(2), loss = 0.25 (1-p)^2 (-log p); t=0, x=-3: q = sigmoid(3), loss = 0.75 (1-q)^2 (-log q)
     p, q = 1 / (1 + math.exp(-2.0)), 1 / (1 + math.exp(-3.0))
-    expected = (0.25 * (1 - p) ** 2 * -math.log(p) + 0.75 * (1 - q) ** 2 * -math.log(q)) / 2
+    expected = 0.25 * (1 - p) ** 2 * -math.log(p) + 0.75 * (1 - q) ** 2 * -math.log(q)
     loss = HeatmapLoss("focal", alpha=0.25, gamma=2.0)(_vox(2.0, -3.0), _vox(1.0, 0.0))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
 def test_focal_loss_accepts_soft_gaussian_targets():
-    # t = 0.5, x = 1: BCE = x - x t + log(1 + e^-x); modulating factor sigmoid(-x (2t - 1))^2 = 0.25; alpha_t = 0.5
+    # t = 0.5, x = 1: BCE = x - x t + log(1 + e^-x); modulating factor |t - sigmoid(1)|^2; alpha_t = 0.5;
+    # the sum is divided by the target mass max(1, 0.5) = 1
     bce = 1.0 - 0.5 + math.log(1 + math.exp(-1.0))
+    p = 1 / (1 + math.exp(-1.0))
     loss = HeatmapLoss("focal", alpha=0.25, gamma=2.0)(_vox(1.0), _vox(0.5))
-    assert loss.item() == pytest.approx(0.5 * 0.25 * bce, rel=1e-6)
+    assert loss.item() == pytest.approx(0.5 * (p - 0.5) ** 2 * bce, rel=1e-6)
     logits = torch.linspace(-6, 6, 9).view(1, 1, 1, 1, 9).requires_grad_()
     HeatmapLoss("focal")(logits, torch.rand(1, 1, 1, 1, 9)).backward()
     assert torch.isfinite(logits.grad).all()
 
 
-def test_focal_loss_with_gamma_zero_is_minimised_at_the_soft_target():
+@pytest.mark.parametrize("gamma", [0.0, 2.0])
+@pytest.mark.parametrize("t", [0.3, 0.7])
+def test_focal_loss_is_minimised_at_the_soft_target(gamma, t):
     logits = torch.linspace(-4, 4, 801).view(1, 1, 1, 1, -1)
-    per_voxel = HeatmapLoss("focal", alpha=None, gamma=0.0).loss(logits, torch.full_like(logits, 0.3))
-    assert torch.sigmoid(logits.view(-1)[per_voxel.argmin()]).item() == pytest.approx(0.3, abs=0.01)
+    per_voxel = HeatmapLoss("focal", alpha=None, gamma=gamma).loss(logits, torch.full_like(logits, t))
+    assert torch.sigmoid(logits.view(-1)[per_voxel.argmin()]).item() == pytest.approx(t, abs=0.01)
 
 
 def test_dice_loss_matches_hand_computation():
@@ -145,7 +149,7 @@ def test_focal_loss_with_hard_negatives_averages_over_kept_voxels():
     full = HeatmapLoss("focal").loss(logits, target).view(-1)
     loss_fn = HeatmapLoss("focal", neg_pos_ratio=1.0, batch_hard_ratio=1.0, min_negatives=0)
     loss = loss_fn(logits, target)
-    assert loss.item() == pytest.approx(((full[0] + full[1]) / 2).item(), rel=1e-6)  # voxel 1 is the hardest negative
+    assert loss.item() == pytest.approx((full[0] + full[1]).item(), rel=1e-6)  # voxel 1 is the hardest negative
     assert loss_fn.last_keep.view(-1).tolist() == [True, True, False, False]
 
 
@@ -193,7 +197,7 @@ def test_multitask_total_is_weighted_sum_of_components():
         weights={"detection": 2.0, "regression": 0.5, "classification": 0.25},
     )
     total = loss_fn(pred, target)
-    detection = (0.25 * 0.25 * LOG2 + 0.75 * 0.25 * LOG2) / 2
+    detection = 0.25 * 0.25 * LOG2 + 0.75 * 0.25 * LOG2  # summed / target mass 1
     regression, classification = 0.5 * 0.2**2, 2.0 * LOG2
     assert loss_fn.last_components["detection"].item() == pytest.approx(detection, rel=1e-6)
     assert loss_fn.last_components["regression"].item() == pytest.approx(regression, rel=1e-5)
@@ -289,3 +293,13 @@ def test_hard_negative_switch_is_settable_at_run_time():
 def test_build_loss_rejects_bad_config(cfg, match):
     with pytest.raises(ValueError, match=match):
         build_loss(cfg)
+
+
+def test_unrated_nodules_are_left_out_of_the_triage_loss():
+    target = _targets()
+    target["malignancy_mask"] = torch.zeros_like(target["mask"])
+    pred = {k: torch.randn(1, 1, 8, 8, 8) for k in ("heatmap", "diameter", "malignancy")}
+    loss_fn = MultiTaskDetectionLoss()
+    loss_fn(pred, target)
+    assert loss_fn.last_components["classification"].item() == 0.0
+    assert loss_fn.last_components["regression"].item() > 0.0
