@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pivot_monai.handlers.gradients import GradientClipHandler
 from pivot_monai.handlers.telemetry import TrainingTelemetryHandler, peak_rss_mb
+from pivot_monai.handlers.wandb import WandbHandler, make_wandb_handler
 from pivot_monai.handlers.validation import (
     attach_optional,
     build_validation_metrics,
@@ -16,11 +17,13 @@ from pivot_monai.handlers.validation import (
 __all__ = [
     "GradientClipHandler",
     "TrainingTelemetryHandler",
+    "WandbHandler",
     "attach_optional",
     "build_validation_metrics",
     "close_writer",
     "detection_output_transform",
     "make_summary_writer",
+    "make_wandb_handler",
     "metric_score",
     "peak_rss_mb",
 ]

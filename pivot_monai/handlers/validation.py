@@ -71,13 +71,20 @@ def metric_score(name: str, mode: str = "max") -> Callable[[Any], float]:
     return score
 
 
-def attach_optional(engine: Any, handler: Any, trainer: Any = None) -> None:
-    """Attach ``handler`` unless it was disabled in the config (``_disabled_`` resolves it to ``None``)."""
+def attach_optional(engine: Any, handler: Any, trainer: Any = None, evaluator: Any = None) -> None:
+    """Attach ``handler`` unless it was disabled in the config (``_disabled_`` resolves it to ``None``).
+
+    ``trainer`` is given to handlers that stop training from the evaluator (``set_trainer``); ``evaluator`` to
+    handlers that log both engines.
+    """
     if handler is None:
         return
     if trainer is not None and hasattr(handler, "set_trainer"):
         handler.set_trainer(trainer)
-    handler.attach(engine)
+    if evaluator is not None:
+        handler.attach(engine, evaluator)
+    else:
+        handler.attach(engine)
 
 
 def make_summary_writer(log_dir: str | Path, enabled: bool = True) -> Any:

@@ -1,0 +1,86 @@
+"""Training features driven by config keys: resume, early stopping, wandb, accumulation, optimiser choices."""
+
+from __future__ import annotations
+
+import pytest
+from ignite.engine import Events
+from monai.bundle import ConfigWorkflow
+
+from tests.bundle.conftest import TINY_OVERRIDES
+from tests.conftest import REPO_ROOT
+
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+
+
+def _overrides(**extra):
+    pairs = dict(zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2]))
+    out = {k.lstrip("-"): eval(v) if v.startswith("[") else v for k, v in pairs.items()}  # noqa: S307 - literals
+    out = {k: (int(v) if isinstance(v, str) and v.isdigit() else v) for k, v in out.items()}
+    out.update(extra)
+    return out
+
+
+def _workflow(tiny_processed, tmp_path, **extra):
+    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
+                        workflow_type="train", run_id="training", dataset_dir=str(tiny_processed),
+                        bundle_root=str(tmp_path / "bundle"), **_overrides(**extra))
+    wf.initialize()
+    return wf
+
+
+def test_periodic_checkpoint_resumes_training(tiny_processed, tmp_path):
+    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 2, "checkpointing#save_interval": 1,
+                                                "checkpointing#keep_last_n": 1})
+    wf.run()
+    wf.finalize()
+    saved = sorted((tmp_path / "bundle" / "models").glob("checkpoint_epoch=*.pt"))
+    assert [p.name for p in saved] == ["checkpoint_epoch=2.pt"]  # keep_last_n=1 removed epoch 1
+    wf2 = _workflow(tiny_processed, tmp_path, **{"training#epochs": 3, "checkpointing#resume": str(saved[0])})
+    trainer = wf2.parser.get_parsed_content("train#trainer")
+    epochs_run = []
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: epochs_run.append(e.state.epoch))
+    wf2.run()
+    wf2.finalize()
+    assert epochs_run == [3]
+
+
+def test_early_stopping_stops_when_the_monitor_does_not_improve(tiny_processed, tmp_path):
+    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 6, "training#early_stopping#patience": 1,
+                                                "training#early_stopping#min_delta": 10.0})
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    wf.finalize()
+    assert trainer.state.epoch == 2
+
+
+def test_wandb_logs_offline_when_installed(tiny_processed, tmp_path):
+    pytest.importorskip("wandb")
+    wdir = tmp_path / "wandb_runs"
+    wdir.mkdir()
+    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 1, "logging#wandb#enabled": True,
+                                                "logging#wandb#init_kwargs": {"dir": str(wdir)}})
+    wf.run()
+    wf.finalize()
+    assert list(wdir.rglob("offline-run-*")), list(wdir.rglob("*"))
+
+
+def test_wandb_missing_gives_install_hint(monkeypatch):
+    import pivot_monai.handlers.wandb as wb
+
+    monkeypatch.setattr(wb, "optional_import", lambda name: (None, False))
+    with pytest.raises(ImportError, match="pip install wandb"):
+        wb.make_wandb_handler({"enabled": True})
+    assert wb.make_wandb_handler({"enabled": False}) is None
+
+
+@pytest.mark.parametrize("extra", [
+    {"training#accumulation_steps": 2, "training#optimizer#type": "sgd", "training#scheduler#type": "step"},
+    {"training#scheduler#type": "plateau", "training#loss#detection#type": "dice",
+     "training#hard_negative_mining#enabled": True},
+])
+def test_other_optimisation_settings_train(tiny_processed, tmp_path, extra):
+    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 1, **extra})
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    wf.finalize()
+    assert trainer.state.epoch == 1 and trainer.state.output
