@@ -17,7 +17,7 @@ SCHEMA = SHARED_DIR / "monai" / "meta_schema_20240725.json"
 
 def _bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+                          encoding="utf-8", errors="replace", timeout=timeout)
 
 
 @pytest.mark.skipif(not SCHEMA.exists(), reason="../shared/monai schema not available")
