@@ -132,9 +132,25 @@ _COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Calla
     "synth": ("generate a synthetic LUNA16-style chest-CT dataset", add_synth_arguments, run_synth),
     "preprocess": ("resample, HU-window and lung-crop raw scans", add_preprocess_arguments, run_preprocess),
     "split": ("split a processed dataset into train/val/test", add_split_arguments, run_split),
-    "train": ("train the detector (bundle workflow) from a minimal YAML merged over the defaults", _train_arguments,
-              _run_train),
+    "train": (
+        "train the detector (bundle workflow) from a minimal YAML merged over the defaults",
+        _train_arguments,
+        _run_train,
+    ),
 }
+
+
+def _register_inference_commands() -> None:
+    from pivot_monai.inference import commands as inf
+
+    register("infer", "detect nodules in raw CT scans -> LUNA16 candidates.csv", inf.add_infer_arguments, inf.run_infer)
+    register(
+        "evaluate",
+        "FROC/CPM and detection metrics on a test split or a raw LUNA16 folder",
+        inf.add_evaluate_arguments,
+        inf.run_evaluate,
+    )
+    register("export", "export a checkpoint to TorchScript or ONNX", inf.add_export_arguments, inf.run_export)
 
 
 def register(name: str, help_text: str, add_arguments: Callable, run: Callable) -> None:
@@ -143,6 +159,7 @@ def register(name: str, help_text: str, add_arguments: Callable, run: Callable) 
 
 
 def build_parser() -> argparse.ArgumentParser:
+    _register_inference_commands()
     parser = argparse.ArgumentParser(
         prog="pivot", description="PIVOT lung-nodule detection pipeline", formatter_class=_Formatter
     )

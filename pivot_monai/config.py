@@ -21,6 +21,7 @@ __all__ = [
     "ConfigKeyError",
     "deep_merge",
     "default_config_path",
+    "load_layered",
     "load_yaml",
     "validate_keys",
 ]
@@ -78,6 +79,34 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _set_path(config: dict[str, Any], path: str, value: Any) -> None:
+    keys = path.split("#")
+    node = config
+    for key in keys[:-1]:
+        if not isinstance(node.get(key), dict):
+            node[key] = {}
+        node = node[key]
+    node[keys[-1]] = copy.deepcopy(value)
+
+
+def load_layered(paths: list[str | Path]) -> dict[str, Any]:
+    """Merge config files in order, like ``--config_file "['a.yaml','b.yaml']"`` but deep.
+
+    A key with MONAI's ``#`` separator (``data#patch_size``) sets that nested value; a plain mapping is
+    deep-merged into what came before.
+    """
+    merged: dict[str, Any] = {}
+    for path in paths:
+        for key, value in load_yaml(path).items():
+            if "#" in str(key):
+                _set_path(merged, str(key), value)
+            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = deep_merge(merged[key], value)
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
 
 
 def validate_keys(user: dict[str, Any], reference: dict[str, Any], prefix: str = "", source: str = "config") -> None:

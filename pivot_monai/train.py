@@ -28,8 +28,11 @@ logger = logging.getLogger(__name__)
 _OUTPUT_KEYS = (("checkpointing", "dir"), ("logging", "log_dir"))
 
 
-def build_training_config(user_config: str | Path | dict[str, Any] | None, experiment_name: str | None = None,
-                          base_configs: Sequence[str | Path] | None = None) -> dict[str, Any]:
+def build_training_config(
+    user_config: str | Path | dict[str, Any] | None,
+    experiment_name: str | None = None,
+    base_configs: Sequence[str | Path] | None = None,
+) -> dict[str, Any]:
     """The merged config: bundle defaults (``base_configs``, in order) then the user's keys on top.
 
     ``experiment_name`` appends a sub-folder to ``checkpointing.dir`` and ``logging.log_dir``.
@@ -48,21 +51,27 @@ def build_training_config(user_config: str | Path | dict[str, Any] | None, exper
     if experiment_name:
         for section, key in _OUTPUT_KEYS:
             value = merged[section][key]
-            merged[section][key] = f"{value} + '/{experiment_name}'" if str(value).startswith("$") \
-                else str(Path(value) / experiment_name)
+            merged[section][key] = (
+                f"{value} + '/{experiment_name}'" if str(value).startswith("$") else str(Path(value) / experiment_name)
+            )
     return merged
 
 
 def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: dict[str, Any] | None = None) -> Any:
-    """Run the bundle's ``training`` workflow on an in-memory config (``initialize`` -> ``training`` -> ``finalize``)."""
+    """Run the bundle's ``training`` workflow on an in-memory config (initialize -> training -> finalize)."""
     from monai.bundle import ConfigWorkflow
 
     config_dir.mkdir(parents=True, exist_ok=True)
     resolved = config_dir / "config_resolved.yaml"
     resolved.write_text(yaml.safe_dump(config, sort_keys=False))
-    workflow = ConfigWorkflow(config_file=str(resolved), meta_file=str(default_config_path("metadata.json")),
-                              logging_file=str(default_config_path("logging.conf")), workflow_type="train",
-                              run_id="training", **(overrides or {}))
+    workflow = ConfigWorkflow(
+        config_file=str(resolved),
+        meta_file=str(default_config_path("metadata.json")),
+        logging_file=str(default_config_path("logging.conf")),
+        workflow_type="train",
+        run_id="training",
+        **(overrides or {}),
+    )
     workflow.initialize()
     missing = workflow.check_properties()
     if missing:
@@ -73,12 +82,24 @@ def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: d
 
 
 def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", type=Path, default=None,
-                   help="YAML with the keys to change (merged over bundle/configs/train.yaml); None = defaults only")
-    p.add_argument("--experiment-name", default=None,
-                   help="sub-folder of checkpointing.dir and logging.log_dir for this run's outputs")
-    p.add_argument("--base-config", type=Path, action="append", default=None,
-                   help="bundle config(s) to merge the user file over, in order (default: bundle train.yaml)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="YAML with the keys to change (merged over bundle/configs/train.yaml); None = defaults only",
+    )
+    p.add_argument(
+        "--experiment-name",
+        default=None,
+        help="sub-folder of checkpointing.dir and logging.log_dir for this run's outputs",
+    )
+    p.add_argument(
+        "--base-config",
+        type=Path,
+        action="append",
+        default=None,
+        help="bundle config(s) to merge the user file over, in order (default: bundle train.yaml)",
+    )
     p.add_argument("--bundle-root", default=None, help="override bundle_root (paths in the config are relative to it)")
     p.add_argument("--dataset-dir", default=None, help="override dataset_dir (the processed data root)")
 
@@ -87,8 +108,9 @@ def run_train(args: argparse.Namespace) -> int:
     config = build_training_config(args.config, args.experiment_name, args.base_config)
     overrides = {k: v for k, v in (("bundle_root", args.bundle_root), ("dataset_dir", args.dataset_dir)) if v}
     config.update(overrides)
-    out_root = Path(args.bundle_root or config.get("bundle_root", "bundle")) / "runs" / (args.experiment_name or
-                                                                                       "default")
+    out_root = (
+        Path(args.bundle_root or config.get("bundle_root", "bundle")) / "runs" / (args.experiment_name or "default")
+    )
     run_training_workflow(config, out_root)
     return 0
 

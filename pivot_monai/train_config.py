@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from pivot_monai.config import default_config_path, load_yaml
+from pivot_monai.config import default_config_path, load_layered
 
 __all__ = ["load_data_section", "load_section"]
 
@@ -14,19 +14,29 @@ logger = logging.getLogger(__name__)
 
 
 def load_section(name: str, config: str | Path | None = None) -> dict[str, Any]:
-    """The ``name`` section of ``config`` (default ``bundle/configs/train.yaml``); ``{}`` when there is none.
+    """The ``name`` section of ``bundle/configs/train.yaml`` with ``config`` layered on top (see ``load_layered``).
 
+    ``config`` may be a full config or an override file such as ``bundle/configs/demo.yaml`` (``data#...`` keys).
     Only literal values are meaningful here; ``$``/``@`` expressions are left as strings.
+
+    Raises:
+        FileNotFoundError: ``config`` does not exist.
+        ValueError: the section is not a mapping.
     """
-    path = Path(config) if config else default_config_path()
-    if not path.exists():
-        if config:
-            raise FileNotFoundError(f"{path}: config file not found")
-        logger.info("%s not found; using built-in defaults", path)
-        return {}
-    section = load_yaml(path).get(name) or {}
+    paths: list[Path] = []
+    default = default_config_path()
+    if default.exists():
+        paths.append(default)
+    else:
+        logger.info("%s not found; using built-in defaults", default)
+    if config:
+        if not Path(config).exists():
+            raise FileNotFoundError(f"{config}: config file not found")
+        if Path(config).resolve() != default.resolve():
+            paths.append(Path(config))
+    section = load_layered(paths).get(name) or {}
     if not isinstance(section, dict):
-        raise ValueError(f"{path}: section '{name}' must be a mapping, got {type(section).__name__}")
+        raise ValueError(f"{config or default}: section '{name}' must be a mapping, got {type(section).__name__}")
     return section
 
 

@@ -21,7 +21,9 @@ def test_minimal_config_is_deep_merged_over_bundle_defaults(tmp_path):
 def test_unknown_key_names_it_and_suggests(tmp_path):
     user = tmp_path / "bad.yaml"
     user.write_text("training:\n  learning_rte: 0.1\n")
-    with pytest.raises(ConfigKeyError, match=r"unknown key 'training.learning_rte'; did you mean 'training.learning_rate'"):
+    with pytest.raises(
+        ConfigKeyError, match=r"unknown key 'training.learning_rte'; did you mean 'training.learning_rate'"
+    ):
         build_training_config(user)
 
 

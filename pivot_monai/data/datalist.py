@@ -17,8 +17,14 @@ def _from_folder(folder: Path) -> list[dict[str, Any]]:
     items = []
     for meta in sorted(folder.glob("*/meta.json")):
         scan = meta.parent
-        items.append({"image": str(scan / "image.nii.gz"), "label": str(scan / "label.nii.gz"), "meta": str(meta),
-                      "seriesuid": scan.name})
+        items.append(
+            {
+                "image": str(scan / "image.nii.gz"),
+                "label": str(scan / "label.nii.gz"),
+                "meta": str(meta),
+                "seriesuid": scan.name,
+            }
+        )
     return items
 
 
@@ -43,8 +49,10 @@ def load_split(datalist: str | Path | None, split: str, folder: str | Path | Non
             item.setdefault("meta", str(Path(item["image"]).parent / "meta.json"))
     else:
         if folder is None or not Path(folder).is_dir():
-            raise ValueError(f"split folder {folder} for '{split}' does not exist; run `pivot preprocess` and "
-                             f"`pivot split`, or set data.train_dir / data.val_dir (or data.datalist)")
+            raise ValueError(
+                f"split folder {folder} for '{split}' does not exist; run `pivot preprocess` and "
+                f"`pivot split`, or set data.train_dir / data.val_dir (or data.datalist)"
+            )
         items = _from_folder(Path(folder))
     if not items:
         raise ValueError(f"no scans for '{split}' in {datalist or folder}; expected <seriesuid>/meta.json entries")

@@ -28,8 +28,13 @@ class PrepareTrainBatch(PrepareBatch):
     def __init__(self, target_keys: Sequence[str] = TARGET_KEYS) -> None:
         self.target_keys = tuple(target_keys)
 
-    def __call__(self, batchdata: Mapping[str, Any], device: torch.device | str | None = None,
-                 non_blocking: bool = False, **kwargs: Any) -> tuple:
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: torch.device | str | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple:
         missing = [k for k in (CommonKeys.IMAGE, *self.target_keys) if k not in batchdata]
         if missing:
             raise KeyError(f"training batch lacks {missing}; the train transforms must end with NoduleTargetsd")
@@ -41,8 +46,13 @@ class PrepareTrainBatch(PrepareBatch):
 class PrepareValBatch(PrepareBatch):
     """``(image, {"nodules": (B, M, 7), "mask": (B, 1, ...)})`` from a collated whole-volume validation batch."""
 
-    def __call__(self, batchdata: Mapping[str, Any], device: torch.device | str | None = None,
-                 non_blocking: bool = False, **kwargs: Any) -> tuple:
+    def __call__(
+        self,
+        batchdata: Mapping[str, Any],
+        device: torch.device | str | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
+    ) -> tuple:
         image = _to(torch.as_tensor(batchdata[CommonKeys.IMAGE]), device, non_blocking)
         label = {"nodules": torch.as_tensor(batchdata["nodules"])}
         if CommonKeys.LABEL in batchdata:

@@ -12,8 +12,9 @@ __all__ = ["build_training_loss"]
 _LOSS_SECTIONS = ("detection", "regression", "classification", "multi_task")
 
 
-def build_training_loss(loss: Mapping[str, Any] | None, mining: Mapping[str, Any] | None = None
-                        ) -> MultiTaskDetectionLoss:
+def build_training_loss(
+    loss: Mapping[str, Any] | None, mining: Mapping[str, Any] | None = None
+) -> MultiTaskDetectionLoss:
     """The multi-task loss from ``training.loss`` and ``training.hard_negative_mining``.
 
     ``training.loss.multi_task`` holds the component weights; when ``training.hard_negative_mining.enabled`` the

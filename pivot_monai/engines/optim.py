@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -27,8 +26,13 @@ def build_optimizer(params: Iterable[Any], lr: float, cfg: Mapping[str, Any]) ->
     wd = float(cfg.get("weight_decay", 0.0))
     if kind in ("adamw", "adam"):
         cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-        return cls(params, lr=lr, betas=tuple(float(b) for b in cfg.get("betas", (0.9, 0.999))),
-                   eps=float(cfg.get("eps", 1e-8)), weight_decay=wd)
+        return cls(
+            params,
+            lr=lr,
+            betas=tuple(float(b) for b in cfg.get("betas", (0.9, 0.999))),
+            eps=float(cfg.get("eps", 1e-8)),
+            weight_decay=wd,
+        )
     if kind == "sgd":
         momentum, nesterov = float(cfg.get("momentum", 0.9)), bool(cfg.get("nesterov", False))
         if nesterov and momentum <= 0:
@@ -55,18 +59,29 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
         warmup = int(cfg.get("warmup_epochs", 0))
         if warmup >= epochs and epochs > 0:
             warmup = max(epochs - 1, 0)
-        return WarmupCosineSchedule(optimizer, warmup_steps=warmup, t_total=max(epochs, 1),
-                                    end_lr=float(cfg.get("min_lr", 0.0)), warmup_multiplier=0.1) \
-            if base_lr > 0 else None
+        return (
+            WarmupCosineSchedule(
+                optimizer,
+                warmup_steps=warmup,
+                t_total=max(epochs, 1),
+                end_lr=float(cfg.get("min_lr", 0.0)),
+                warmup_multiplier=0.1,
+            )
+            if base_lr > 0
+            else None
+        )
     if kind == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=int(cfg.get("step_size", 30)),
-                                               gamma=float(cfg.get("gamma", 0.1)))
+        return torch.optim.lr_scheduler.StepLR(
+            optimizer, step_size=int(cfg.get("step_size", 30)), gamma=float(cfg.get("gamma", 0.1))
+        )
     if kind == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode=str(cfg.get("mode", "max")), factor=float(cfg.get("factor", 0.5)),
-            patience=int(cfg.get("patience", 10)), min_lr=float(cfg.get("min_lr", 0.0)))
+            optimizer,
+            mode=str(cfg.get("mode", "max")),
+            factor=float(cfg.get("factor", 0.5)),
+            patience=int(cfg.get("patience", 10)),
+            min_lr=float(cfg.get("min_lr", 0.0)),
+        )
     if kind == "none":
         return None
     raise ValueError(f"training.scheduler.type must be one of {list(SCHEDULERS)}, got {kind!r}")
-
-

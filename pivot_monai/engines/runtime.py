@@ -14,8 +14,13 @@ logger = logging.getLogger(__name__)
 DEVICE_TYPES = ("cuda", "cpu", "mps")
 
 
-def select_device(kind: str = "cuda", strict: bool = False, gpu_ids: Sequence[int] | None = None,
-                  cudnn_benchmark: bool = True, num_threads: int | None = None) -> torch.device:
+def select_device(
+    kind: str = "cuda",
+    strict: bool = False,
+    gpu_ids: Sequence[int] | None = None,
+    cudnn_benchmark: bool = True,
+    num_threads: int | None = None,
+) -> torch.device:
     """The torch device for ``device.type``; an unavailable accelerator falls back to CPU (or raises if ``strict``).
 
     The GPU index comes from ``LOCAL_RANK`` under torchrun (multi-node safe), else from ``gpu_ids[0]``.
@@ -31,8 +36,11 @@ def select_device(kind: str = "cuda", strict: bool = False, gpu_ids: Sequence[in
         raise ValueError(f"device.type must be one of {list(DEVICE_TYPES)}, got {kind!r}")
     if num_threads:
         torch.set_num_threads(int(num_threads))
-    available = {"cuda": torch.cuda.is_available(), "cpu": True,
-                 "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())}[kind]
+    available = {
+        "cuda": torch.cuda.is_available(),
+        "cpu": True,
+        "mps": bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()),
+    }[kind]
     if not available:
         msg = f"device.type={kind!r} requested but not available on this machine"
         if strict:
@@ -55,11 +63,16 @@ def use_amp(device: torch.device, mixed_precision: bool, force_cpu: bool = False
     if device.type == "cuda":
         return True
     if force_cpu:
-        logger.warning("device.mixed_precision on CPU forced (device.force_cpu_amp); bf16 autocast is slow on CPUs "
-                       "without native bf16")
+        logger.warning(
+            "device.mixed_precision on CPU forced (device.force_cpu_amp); bf16 autocast is slow on CPUs "
+            "without native bf16"
+        )
         return True
-    logger.info("mixed precision disabled on %s: bf16 autocast is slow on CPUs without native bf16 support "
-                "(set device.force_cpu_amp: true to force it)", device.type)
+    logger.info(
+        "mixed precision disabled on %s: bf16 autocast is slow on CPUs without native bf16 support "
+        "(set device.force_cpu_amp: true to force it)",
+        device.type,
+    )
     return False
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pivot_monai.handlers.gradients import GradientClipHandler
 from pivot_monai.handlers.telemetry import TrainingTelemetryHandler, peak_rss_mb
-from pivot_monai.handlers.wandb import WandbHandler, make_wandb_handler
 from pivot_monai.handlers.validation import (
     attach_optional,
     build_validation_metrics,
@@ -13,6 +12,7 @@ from pivot_monai.handlers.validation import (
     make_summary_writer,
     metric_score,
 )
+from pivot_monai.handlers.wandb import WandbHandler, make_wandb_handler
 
 __all__ = [
     "GradientClipHandler",

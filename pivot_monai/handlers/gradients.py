@@ -32,8 +32,14 @@ class GradientClipHandler:
         ValueError: non-positive ``max_norm``/``norm_type`` or ``accumulation_steps`` < 1.
     """
 
-    def __init__(self, max_norm: float | None = 1.0, norm_type: float = 2.0, enabled: bool = True,
-                 accumulation_steps: int = 1, name: str | None = None) -> None:
+    def __init__(
+        self,
+        max_norm: float | None = 1.0,
+        norm_type: float = 2.0,
+        enabled: bool = True,
+        accumulation_steps: int = 1,
+        name: str | None = None,
+    ) -> None:
         if enabled and max_norm is not None and max_norm <= 0:
             raise ValueError(f"training.gradient_clipping.max_norm must be > 0, got {max_norm}")
         if norm_type <= 0:

@@ -58,6 +58,5 @@ class TrainingTelemetryHandler:
 
     def epoch_completed(self, engine: Engine) -> None:
         if self.writer is not None:
-            self.writer.add_scalar("train/epoch_lr", float(engine.optimizer.param_groups[0]["lr"]),
-                                   engine.state.epoch)
+            self.writer.add_scalar("train/epoch_lr", float(engine.optimizer.param_groups[0]["lr"]), engine.state.epoch)
             self.writer.flush()

@@ -32,8 +32,9 @@ def detection_output_transform(output: Any) -> tuple[list[torch.Tensor], list[to
     return y_pred, y
 
 
-def build_validation_metrics(names: Sequence[str], key_metric: str = "val_froc", threshold: float = 0.5
-                             ) -> tuple[dict[str, IgniteMetricHandler], dict[str, IgniteMetricHandler]]:
+def build_validation_metrics(
+    names: Sequence[str], key_metric: str = "val_froc", threshold: float = 0.5
+) -> tuple[dict[str, IgniteMetricHandler], dict[str, IgniteMetricHandler]]:
     """``(key_val_metric, additional_metrics)`` for the evaluator from ``validation.metrics``.
 
     Engine metric names are ``val_<name>``, except ``froc_score`` which is ``val_froc``. ``key_metric``
@@ -47,11 +48,16 @@ def build_validation_metrics(names: Sequence[str], key_metric: str = "val_froc",
         if name not in METRIC_NAMES:
             raise ValueError(f"validation.metrics: unknown metric {name!r}; valid: {list(METRIC_NAMES)}")
         engine_name = "val_froc" if name == "froc_score" else f"val_{name}"
-        handlers[engine_name] = IgniteMetricHandler(metric_fn=DetectionMetric(name, threshold=threshold),
-                                                    output_transform=detection_output_transform, save_details=False)
+        handlers[engine_name] = IgniteMetricHandler(
+            metric_fn=DetectionMetric(name, threshold=threshold),
+            output_transform=detection_output_transform,
+            save_details=False,
+        )
     if key_metric not in handlers:
-        raise ValueError(f"validation.save_best_metric={key_metric!r} is not computed; computed: {sorted(handlers)} "
-                         f"(add its name to validation.metrics)")
+        raise ValueError(
+            f"validation.save_best_metric={key_metric!r} is not computed; computed: {sorted(handlers)} "
+            f"(add its name to validation.metrics)"
+        )
     key = {key_metric: handlers.pop(key_metric)}
     return key, handlers
 
@@ -64,8 +70,10 @@ def metric_score(name: str, mode: str = "max") -> Callable[[Any], float]:
 
     def score(engine: Any) -> float:
         if name not in engine.state.metrics:
-            raise KeyError(f"training.early_stopping.monitor={name!r} is not a validation metric; available: "
-                           f"{sorted(engine.state.metrics)}")
+            raise KeyError(
+                f"training.early_stopping.monitor={name!r} is not a validation metric; available: "
+                f"{sorted(engine.state.metrics)}"
+            )
         return sign * float(engine.state.metrics[name])
 
     return score

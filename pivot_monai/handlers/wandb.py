@@ -33,8 +33,14 @@ class WandbHandler:
         ValueError: unknown ``mode``.
     """
 
-    def __init__(self, project: str = "pivot", mode: str = "offline", init_kwargs: Mapping[str, Any] | None = None,
-                 config: Mapping[str, Any] | None = None, interval: int = 10) -> None:
+    def __init__(
+        self,
+        project: str = "pivot",
+        mode: str = "offline",
+        init_kwargs: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        interval: int = 10,
+    ) -> None:
         wandb, has = optional_import("wandb")
         if not has:
             raise ImportError(f"logging.wandb.enabled is true but wandb is not installed: {_INSTALL_HINT}")
@@ -52,10 +58,14 @@ class WandbHandler:
 
     def log_loss(self, engine: Engine) -> None:
         output = engine.state.output
-        loss = output[0]["loss"] if isinstance(output, list) else output.get("loss") if isinstance(output, dict) else None
+        loss = (
+            output[0]["loss"] if isinstance(output, list) else output.get("loss") if isinstance(output, dict) else None
+        )
         if loss is not None:
-            self.run.log({"train_loss": float(loss), "lr": float(engine.optimizer.param_groups[0]["lr"])},
-                         step=engine.state.iteration)
+            self.run.log(
+                {"train_loss": float(loss), "lr": float(engine.optimizer.param_groups[0]["lr"])},
+                step=engine.state.iteration,
+            )
 
     def log_metrics(self, evaluator: Engine, trainer: Engine) -> None:
         self.run.log({k: float(v) for k, v in evaluator.state.metrics.items()}, step=trainer.state.iteration)
@@ -64,13 +74,19 @@ class WandbHandler:
         self.run.finish()
 
 
-def make_wandb_handler(cfg: Mapping[str, Any] | None, run_config: Mapping[str, Any] | None = None,
-                       interval: int = 10) -> WandbHandler | None:
+def make_wandb_handler(
+    cfg: Mapping[str, Any] | None, run_config: Mapping[str, Any] | None = None, interval: int = 10
+) -> WandbHandler | None:
     """A :class:`WandbHandler` when ``logging.wandb.enabled`` (and on DDP rank 0), else ``None``."""
     import torch.distributed as dist
 
     cfg = dict(cfg or {})
     if not cfg.get("enabled", False) or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
         return None
-    return WandbHandler(project=cfg.get("project", "pivot"), mode=cfg.get("mode", "offline"),
-                        init_kwargs=cfg.get("init_kwargs"), config=run_config, interval=interval)
+    return WandbHandler(
+        project=cfg.get("project", "pivot"),
+        mode=cfg.get("mode", "offline"),
+        init_kwargs=cfg.get("init_kwargs"),
+        config=run_config,
+        interval=interval,
+    )

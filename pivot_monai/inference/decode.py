@@ -1,8 +1,9 @@
 """Peak decoding: heatmap -> nodule candidates (voxel and world coordinates, score, diameter, malignancy).
 
-Steps (each configurable): 3D max-pool NMS on the heatmap, a score threshold, sub-voxel refinement (a log-parabola
-through each peak and its neighbours, exact for Gaussian peaks), merging of candidates closer than the larger one's radius (the lower score is
-dropped) and a cap of ``max_candidates`` per scan (LUNA16 scores at most 100).
+Steps (each configurable): 3D max-pool NMS on the heatmap, a score threshold, sub-voxel refinement (a
+log-parabola through each peak and its neighbours, exact for Gaussian peaks), merging of candidates closer than the
+larger one's radius (the lower score is dropped) and a cap of ``max_candidates`` per scan (LUNA16 scores at most
+100).
 """
 
 from __future__ import annotations
@@ -60,9 +61,13 @@ def _spatial(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def decode_peaks(heatmap: torch.Tensor, diameter: torch.Tensor | None = None, malignancy: torch.Tensor | None = None,
-                 settings: DecodeSettings | None = None, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
-                 ) -> dict[str, np.ndarray]:
+def decode_peaks(
+    heatmap: torch.Tensor,
+    diameter: torch.Tensor | None = None,
+    malignancy: torch.Tensor | None = None,
+    settings: DecodeSettings | None = None,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+) -> dict[str, np.ndarray]:
     """Decode candidates from one scan's maps.
 
     Args:
@@ -91,11 +96,14 @@ def decode_peaks(heatmap: torch.Tensor, diameter: torch.Tensor | None = None, ma
     pos = idx.double()
     if s.refine and len(idx):
         pos = _refine(heat, idx, shape)
-    keep = _merge(pos.numpy(), diam.numpy(), np.asarray(spacing, float), s) if s.merge_radius else \
-        np.arange(len(idx))
+    keep = _merge(pos.numpy(), diam.numpy(), np.asarray(spacing, float), s) if s.merge_radius else np.arange(len(idx))
     keep = keep[: s.max_candidates]
-    return {"index": pos.numpy()[keep].reshape(-1, 3), "score": scores.numpy()[keep],
-            "diameter_mm": diam.numpy()[keep], "malignancy": malig.numpy()[keep]}
+    return {
+        "index": pos.numpy()[keep].reshape(-1, 3),
+        "score": scores.numpy()[keep],
+        "diameter_mm": diam.numpy()[keep],
+        "malignancy": malig.numpy()[keep],
+    }
 
 
 def _refine(heat: torch.Tensor, idx: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:

@@ -28,8 +28,7 @@ def candidate_table(decoded: Mapping[str, np.ndarray], world: np.ndarray, size: 
     return torch.as_tensor(table)
 
 
-def sphere_mask(shape: Sequence[int], centres: np.ndarray, diameters_mm: np.ndarray, spacing: np.ndarray
-                ) -> np.ndarray:
+def sphere_mask(shape: Sequence[int], centres: np.ndarray, diameters_mm: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Boolean ``shape`` volume with a sphere per centre (voxel indices) of the given diameter (mm)."""
     mask = np.zeros(tuple(shape), dtype=bool)
     for c, d in zip(np.atleast_2d(centres), np.atleast_1d(diameters_mm)):
@@ -39,7 +38,7 @@ def sphere_mask(shape: Sequence[int], centres: np.ndarray, diameters_mm: np.ndar
         if np.any(hi <= lo):
             continue
         grid = np.meshgrid(*[(np.arange(a, b) - ci) * s for a, b, ci, s in zip(lo, hi, c, spacing)], indexing="ij")
-        mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= (grid[0] ** 2 + grid[1] ** 2 + grid[2] ** 2) <= r * r
+        mask[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]] |= (grid[0] ** 2 + grid[1] ** 2 + grid[2] ** 2) <= r * r
     return mask
 
 
@@ -56,8 +55,14 @@ class DecodeCandidatesd(MapTransform):
         dice_threshold: probability of candidates drawn as spheres for the detection Dice. Default 0.5.
     """
 
-    def __init__(self, settings: DecodeSettings | None = None, spacing: Sequence[float] = (1.5, 1.5, 1.5),
-                 output_stride: int = 1, dice_threshold: float = 0.5, pred_key: str = "pred") -> None:
+    def __init__(
+        self,
+        settings: DecodeSettings | None = None,
+        spacing: Sequence[float] = (1.5, 1.5, 1.5),
+        output_stride: int = 1,
+        dice_threshold: float = 0.5,
+        pred_key: str = "pred",
+    ) -> None:
         super().__init__([pred_key])
         self.settings = settings or DecodeSettings()
         self.spacing = np.asarray(spacing, dtype=float)
@@ -66,8 +71,13 @@ class DecodeCandidatesd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         pred = d[self.pred_key]
-        decoded = decode_peaks(pred["heatmap"].detach().cpu(), pred.get("diameter", None),
-                               pred.get("malignancy", None), self.settings, tuple(self.spacing * self.stride))
+        decoded = decode_peaks(
+            pred["heatmap"].detach().cpu(),
+            pred.get("diameter", None),
+            pred.get("malignancy", None),
+            self.settings,
+            tuple(self.spacing * self.stride),
+        )
         index = output_to_input_index(decoded["index"], self.stride)
         decoded["index"] = index
         world = candidates_to_world(index, torch.as_tensor(d["index_to_world"]).cpu().numpy())

@@ -105,8 +105,9 @@ def select_hard_negatives(
     return keep.view(loss_map.shape)
 
 
-def soft_focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float | None = 0.25, gamma: float = 2.0
-                    ) -> torch.Tensor:
+def soft_focal_loss(
+    logits: torch.Tensor, target: torch.Tensor, alpha: float | None = 0.25, gamma: float = 2.0
+) -> torch.Tensor:
     """Per-voxel focal loss for soft targets: ``w_alpha(t) * |t - p| ** gamma * BCE(p, t)``.
 
     Args:

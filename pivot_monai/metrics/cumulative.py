@@ -24,8 +24,9 @@ METRIC_NAMES = ("froc_score", "detection_dice", "center_accuracy", "size_accurac
 SCAN_STATS = 3.0  # ``kind`` of the extra row of a nodule table that carries per-scan statistics (column 0: dice)
 
 
-def tables_to_inputs(candidates: np.ndarray, nodules: np.ndarray
-                     ) -> tuple[dict[str, ScanCandidates], dict[str, list[Nodule]], dict[str, list[Nodule]], list[str]]:
+def tables_to_inputs(
+    candidates: np.ndarray, nodules: np.ndarray
+) -> tuple[dict[str, ScanCandidates], dict[str, list[Nodule]], dict[str, list[Nodule]], list[str]]:
     """Convert stacked ``(N, K, 6)`` candidate and ``(N, M, 7)`` nodule tables into :func:`compute_froc` inputs."""
     cands, ann, exc, uids = {}, {}, {}, []
     for i in range(len(candidates)):
@@ -33,13 +34,18 @@ def tables_to_inputs(candidates: np.ndarray, nodules: np.ndarray
         uids.append(uid)
         c = candidates[i]
         c = c[c[:, 3] >= 0]
-        cands[uid] = ScanCandidates(c[:, :3].astype(float), c[:, 3].astype(float), c[:, 4].astype(float),
-                                    c[:, 5].astype(float))
+        cands[uid] = ScanCandidates(
+            c[:, :3].astype(float), c[:, 3].astype(float), c[:, 4].astype(float), c[:, 5].astype(float)
+        )
         rows = nodules[i]
         for kind, target in ((1.0, ann), (2.0, exc)):
             sel = rows[rows[:, 5] == kind]
-            target[uid] = [Nodule(uid, tuple(float(v) for v in r[:3]), float(r[3]),
-                                  None if r[4] < 0 else (5.0 if r[4] > 0.5 else 1.0)) for r in sel]
+            target[uid] = [
+                Nodule(
+                    uid, tuple(float(v) for v in r[:3]), float(r[3]), None if r[4] < 0 else (5.0 if r[4] > 0.5 else 1.0)
+                )
+                for r in sel
+            ]
     return cands, ann, exc, uids
 
 

@@ -40,8 +40,9 @@ def _pair(value: Any, name: str, positive: bool = True) -> tuple[float, float]:
     return lo, hi
 
 
-def build_augmentation(cfg: Mapping[str, Any] | None, image_key: str = "image", label_key: str = "label"
-                       ) -> list[Transform]:
+def build_augmentation(
+    cfg: Mapping[str, Any] | None, image_key: str = "image", label_key: str = "label"
+) -> list[Transform]:
     """Transforms for the ``augmentation`` section; an empty list when ``enabled`` is false.
 
     Args:
@@ -70,19 +71,44 @@ def build_augmentation(cfg: Mapping[str, Any] | None, image_key: str = "image", 
     rot = cfg.get("rotation") or {}
     if _prob(rot, "rotation") > 0:
         angle = math.radians(float(rot.get("max_angle", 15.0)))
-        out.append(RandRotated(keys, range_x=angle, range_y=angle, range_z=angle, prob=rot["prob"], mode=modes,
-                               padding_mode="zeros", keep_size=True))
+        out.append(
+            RandRotated(
+                keys,
+                range_x=angle,
+                range_y=angle,
+                range_z=angle,
+                prob=rot["prob"],
+                mode=modes,
+                padding_mode="zeros",
+                keep_size=True,
+            )
+        )
     scale = cfg.get("scaling") or {}
     if _prob(scale, "scaling") > 0:
         lo, hi = _pair(scale.get("scale_range", (0.9, 1.1)), "scaling.scale_range")
-        out.append(RandZoomd(keys, prob=scale["prob"], min_zoom=lo, max_zoom=hi, mode=["trilinear", "nearest"],
-                             keep_size=True, padding_mode="constant"))
+        out.append(
+            RandZoomd(
+                keys,
+                prob=scale["prob"],
+                min_zoom=lo,
+                max_zoom=hi,
+                mode=["trilinear", "nearest"],
+                keep_size=True,
+                padding_mode="constant",
+            )
+        )
     elastic = cfg.get("elastic") or {}
     if _prob(elastic, "elastic") > 0:
-        out.append(Rand3DElasticd(keys, sigma_range=_pair(elastic.get("sigma_range", (5, 7)), "elastic.sigma_range"),
-                                  magnitude_range=_pair(elastic.get("magnitude_range", (50, 150)),
-                                                        "elastic.magnitude_range"),
-                                  prob=elastic["prob"], mode=modes, padding_mode="zeros"))
+        out.append(
+            Rand3DElasticd(
+                keys,
+                sigma_range=_pair(elastic.get("sigma_range", (5, 7)), "elastic.sigma_range"),
+                magnitude_range=_pair(elastic.get("magnitude_range", (50, 150)), "elastic.magnitude_range"),
+                prob=elastic["prob"],
+                mode=modes,
+                padding_mode="zeros",
+            )
+        )
     noise = cfg.get("noise") or {}
     if _prob(noise, "noise") > 0:
         std = float(noise.get("std", 0.02))

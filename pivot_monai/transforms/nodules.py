@@ -40,8 +40,15 @@ def nodule_table(meta: Mapping[str, Any], max_rows: int = MAX_NODULES) -> np.nda
     for kind, key in ((NODULE, "nodules"), (EXCLUDED, "excluded")):
         for n in meta.get(key, []):
             malignant = n.get("malignant")
-            rows.append([*n["world"], n["diameter_mm"], -1.0 if malignant is None else float(malignant), kind,
-                         float(n.get("label_id", 0))])
+            rows.append(
+                [
+                    *n["world"],
+                    n["diameter_mm"],
+                    -1.0 if malignant is None else float(malignant),
+                    kind,
+                    float(n.get("label_id", 0)),
+                ]
+            )
     if len(rows) > max_rows:
         raise ValueError(f"{meta.get('seriesuid')}: {len(rows)} findings exceed the table size {max_rows}")
     table = np.zeros((max_rows, len(NODULE_COLUMNS)), dtype=np.float32)
@@ -58,8 +65,9 @@ class LoadNoduleMetad(MapTransform):
     label id (entry 0 unused).
     """
 
-    def __init__(self, keys: KeysCollection = "meta", max_nodules: int = MAX_NODULES,
-                 allow_missing_keys: bool = False) -> None:
+    def __init__(
+        self, keys: KeysCollection = "meta", max_nodules: int = MAX_NODULES, allow_missing_keys: bool = False
+    ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.max_nodules = max_nodules
 

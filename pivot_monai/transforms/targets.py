@@ -86,8 +86,13 @@ class NoduleTargetsd(MapTransform):
     ``instance_volumes`` (from :class:`RecordInstanceVolumesd`).
     """
 
-    def __init__(self, label_key: str = "label", spacing: Sequence[float] = (1.5, 1.5, 1.5), sigma_scale: float = 0.5,
-                 min_sigma_vox: float = 1.0) -> None:
+    def __init__(
+        self,
+        label_key: str = "label",
+        spacing: Sequence[float] = (1.5, 1.5, 1.5),
+        sigma_scale: float = 0.5,
+        min_sigma_vox: float = 1.0,
+    ) -> None:
         super().__init__([label_key])
         if sigma_scale <= 0 or min_sigma_vox <= 0:
             raise ValueError(f"sigma_scale and min_sigma_vox must be > 0, got {sigma_scale}, {min_sigma_vox}")
@@ -118,12 +123,15 @@ class NoduleTargetsd(MapTransform):
             centres.append(centroid)
             sigmas.append(np.maximum(self.sigma_scale * (d_mm / 2.0) / self.spacing, self.min_sigma_vox))
         heat = gaussian_heatmap(shape, np.asarray(centres).reshape(-1, 3), np.asarray(sigmas).reshape(-1, 3))
-        for key, arr in (("heatmap", heat), ("diameter", diam_map), ("malignancy", malig_map),
-                         ("mask", (label > 0).astype(np.float32)), ("malignancy_mask", malig_mask)):
+        for key, arr in (
+            ("heatmap", heat),
+            ("diameter", diam_map),
+            ("malignancy", malig_map),
+            ("mask", (label > 0).astype(np.float32)),
+            ("malignancy_mask", malig_mask),
+        ):
             d[key] = torch.as_tensor(arr[None])
         return d
 
     def _equivalent_diameter(self, count: int) -> float:
         return float((6.0 * count * np.prod(self.spacing) / np.pi) ** (1.0 / 3.0))
-
-

@@ -14,9 +14,24 @@ from pivot_monai.data.splits import create_splits
 from tests.conftest import FLIP_Z, _make_phantom, _nodule_in_left_lung
 
 TINY_OVERRIDES = [
-    "--data#patch_size", "[16,16,16]", "--data#crop_margin", "4", "--data#num_workers", "0",
-    "--data#samples_per_volume", "2", "--model#base_filters", "4", "--model#depth", "2",
-    "--training#batch_size", "2", "--device#type", "cpu", "--logging#log_interval", "1",
+    "--data#patch_size",
+    "[16,16,16]",
+    "--data#crop_margin",
+    "4",
+    "--data#num_workers",
+    "0",
+    "--data#samples_per_volume",
+    "2",
+    "--model#base_filters",
+    "4",
+    "--model#depth",
+    "2",
+    "--training#batch_size",
+    "2",
+    "--device#type",
+    "cpu",
+    "--logging#log_interval",
+    "1",
 ]
 
 

@@ -16,8 +16,14 @@ SCHEMA = SHARED_DIR / "monai" / "meta_schema_20240725.json"
 
 
 def _bundle(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], cwd=REPO_ROOT, capture_output=True,
-                          encoding="utf-8", errors="replace", timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        encoding="utf-8",
+        errors="replace",
+        timeout=timeout,
+    )
 
 
 @pytest.mark.skipif(not SCHEMA.exists(), reason="../shared/monai schema not available")
@@ -28,23 +34,45 @@ def test_verify_metadata_offline():
 
 
 def test_verify_net_in_out():
-    res = _bundle("verify_net_in_out", "network_heatmap", "--meta_file", str(CONFIGS / "metadata.json"),
-                  "--config_file", str(CONFIGS / "train.yaml"))
+    res = _bundle(
+        "verify_net_in_out",
+        "network_heatmap",
+        "--meta_file",
+        str(CONFIGS / "metadata.json"),
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "verified with no error" in res.stdout + res.stderr
 
 
 def test_training_workflow_has_required_properties(tiny_processed):
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-                        workflow_type="train", run_id="training", dataset_dir=str(tiny_processed))
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.yaml"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        run_id="training",
+        dataset_dir=str(tiny_processed),
+    )
     wf.initialize()
     assert wf.check_properties() == []
 
 
 def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(tiny_processed, tmp_path):
     bundle_root = tmp_path / "bundle"
-    res = _bundle("run", "training", "--config_file", str(CONFIGS / "train.yaml"), "--bundle_root", str(bundle_root),
-                  "--dataset_dir", str(tiny_processed), "--training#epochs", "2", *TINY_OVERRIDES)
+    res = _bundle(
+        "run",
+        "training",
+        "--config_file",
+        str(CONFIGS / "train.yaml"),
+        "--bundle_root",
+        str(bundle_root),
+        "--dataset_dir",
+        str(tiny_processed),
+        "--training#epochs",
+        "2",
+        *TINY_OVERRIDES,
+    )
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     assert (bundle_root / "models" / "model.pt").exists()
@@ -58,8 +86,15 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
     acc = EventAccumulator(str(bundle_root / "logs"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {"train_loss", "train/loss_detection", "train/loss_regression", "train/lr", "train/grad_norm",
-            "val_froc", "val_detection_dice"} <= tags, tags
+    assert {
+        "train_loss",
+        "train/loss_detection",
+        "train/loss_regression",
+        "train/lr",
+        "train/grad_norm",
+        "val_froc",
+        "val_detection_dice",
+    } <= tags, tags
     assert len(acc.Scalars("val_froc")) == 2
 
     import torch

@@ -21,16 +21,25 @@ def _overrides(**extra):
 
 
 def _workflow(tiny_processed, tmp_path, **extra):
-    wf = ConfigWorkflow(config_file=str(CONFIGS / "train.yaml"), meta_file=str(CONFIGS / "metadata.json"),
-                        workflow_type="train", run_id="training", dataset_dir=str(tiny_processed),
-                        bundle_root=str(tmp_path / "bundle"), **_overrides(**extra))
+    wf = ConfigWorkflow(
+        config_file=str(CONFIGS / "train.yaml"),
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type="train",
+        run_id="training",
+        dataset_dir=str(tiny_processed),
+        bundle_root=str(tmp_path / "bundle"),
+        **_overrides(**extra),
+    )
     wf.initialize()
     return wf
 
 
 def test_periodic_checkpoint_resumes_training(tiny_processed, tmp_path):
-    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 2, "checkpointing#save_interval": 1,
-                                                "checkpointing#keep_last_n": 1})
+    wf = _workflow(
+        tiny_processed,
+        tmp_path,
+        **{"training#epochs": 2, "checkpointing#save_interval": 1, "checkpointing#keep_last_n": 1},
+    )
     wf.run()
     wf.finalize()
     saved = sorted((tmp_path / "bundle" / "models").glob("checkpoint_epoch=*.pt"))
@@ -45,8 +54,11 @@ def test_periodic_checkpoint_resumes_training(tiny_processed, tmp_path):
 
 
 def test_early_stopping_stops_when_the_monitor_does_not_improve(tiny_processed, tmp_path):
-    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 6, "training#early_stopping#patience": 1,
-                                                "training#early_stopping#min_delta": 10.0})
+    wf = _workflow(
+        tiny_processed,
+        tmp_path,
+        **{"training#epochs": 6, "training#early_stopping#patience": 1, "training#early_stopping#min_delta": 10.0},
+    )
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")
     wf.finalize()
@@ -57,8 +69,11 @@ def test_wandb_logs_offline_when_installed(tiny_processed, tmp_path):
     pytest.importorskip("wandb")
     wdir = tmp_path / "wandb_runs"
     wdir.mkdir()
-    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 1, "logging#wandb#enabled": True,
-                                                "logging#wandb#init_kwargs": {"dir": str(wdir)}})
+    wf = _workflow(
+        tiny_processed,
+        tmp_path,
+        **{"training#epochs": 1, "logging#wandb#enabled": True, "logging#wandb#init_kwargs": {"dir": str(wdir)}},
+    )
     wf.run()
     wf.finalize()
     assert list(wdir.rglob("offline-run-*")), list(wdir.rglob("*"))
@@ -73,11 +88,17 @@ def test_wandb_missing_gives_install_hint(monkeypatch):
     assert wb.make_wandb_handler({"enabled": False}) is None
 
 
-@pytest.mark.parametrize("extra", [
-    {"training#accumulation_steps": 2, "training#optimizer#type": "sgd", "training#scheduler#type": "step"},
-    {"training#scheduler#type": "plateau", "training#loss#detection#type": "dice",
-     "training#hard_negative_mining#enabled": True},
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"training#accumulation_steps": 2, "training#optimizer#type": "sgd", "training#scheduler#type": "step"},
+        {
+            "training#scheduler#type": "plateau",
+            "training#loss#detection#type": "dice",
+            "training#hard_negative_mining#enabled": True,
+        },
+    ],
+)
 def test_other_optimisation_settings_train(tiny_processed, tmp_path, extra):
     wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 1, **extra})
     wf.run()

@@ -14,9 +14,15 @@ def _train(steps: int, batches: list[torch.Tensor]) -> tuple[torch.nn.Module, in
     original = opt.step
     opt.step = lambda *a, **k: (calls.append(1), original(*a, **k))[1]
     data = [{"image": b, "label": torch.zeros(len(b), 1)} for b in batches]
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
-                                optimizer=opt, loss_function=torch.nn.MSELoss(),
-                                iteration_update=make_iteration_update(steps))
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=opt,
+        loss_function=torch.nn.MSELoss(),
+        iteration_update=make_iteration_update(steps),
+    )
     trainer.run()
     return net, len(calls)
 

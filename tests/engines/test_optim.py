@@ -10,9 +10,13 @@ def _params():
     return [torch.nn.Parameter(torch.zeros(3))]
 
 
-@pytest.mark.parametrize("cfg,cls", [({"type": "adamw", "betas": [0.8, 0.99], "eps": 1e-7, "weight_decay": 0.01},
-                                      torch.optim.AdamW),
-                                     ({"type": "sgd", "momentum": 0.95, "nesterov": True}, torch.optim.SGD)])
+@pytest.mark.parametrize(
+    "cfg,cls",
+    [
+        ({"type": "adamw", "betas": [0.8, 0.99], "eps": 1e-7, "weight_decay": 0.01}, torch.optim.AdamW),
+        ({"type": "sgd", "momentum": 0.95, "nesterov": True}, torch.optim.SGD),
+    ],
+)
 def test_optimizers_take_their_keys(cfg, cls):
     opt = build_optimizer(_params(), 0.01, cfg)
     assert isinstance(opt, cls)

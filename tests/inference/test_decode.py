@@ -31,8 +31,9 @@ def test_threshold_cap_and_merge():
     two[5, 5, 5], two[5, 5, 8] = 0.9, 0.8  # 3 voxels apart, both local maxima (kernel 3)
     merged = decode_peaks(two, torch.full((20, 20, 20), 8.0), settings=DecodeSettings(score_threshold=0.1))
     assert len(merged["score"]) == 1 and merged["score"][0] == pytest.approx(0.9)
-    apart = decode_peaks(two, torch.full((20, 20, 20), 2.0),
-                         settings=DecodeSettings(score_threshold=0.1, min_merge_mm=1.0))
+    apart = decode_peaks(
+        two, torch.full((20, 20, 20), 2.0), settings=DecodeSettings(score_threshold=0.1, min_merge_mm=1.0)
+    )
     assert len(apart["score"]) == 2
 
 
@@ -44,7 +45,8 @@ def test_empty_heatmap_gives_no_candidates():
 @pytest.mark.parametrize("stride", [1, 2, 4])
 def test_output_stride_maps_back_to_block_centres(stride):
     assert output_to_input_index(np.array([[0.0, 1.0, 2.0]]), stride).tolist() == [
-        [(stride - 1) / 2, stride + (stride - 1) / 2, 2 * stride + (stride - 1) / 2]]
+        [(stride - 1) / 2, stride + (stride - 1) / 2, 2 * stride + (stride - 1) / 2]
+    ]
 
 
 def test_world_mapping_on_anisotropic_flipped_geometry():

@@ -19,8 +19,12 @@ def _item(centre=(20.0, 14.0, 17.0), radius=4.0, shape=(40, 36, 32)):
     diam[1] = 2 * radius * 1.5
     malig = np.full(65, -1.0, np.float32)
     malig[1] = 1.0
-    return {"image": torch.as_tensor(image[None]), "label": torch.as_tensor(label[None]), "nodule_diameters": diam,
-            "nodule_malignancy": malig}
+    return {
+        "image": torch.as_tensor(image[None]),
+        "label": torch.as_tensor(label[None]),
+        "nodule_diameters": diam,
+        "nodule_malignancy": malig,
+    }
 
 
 def test_heatmap_peaks_at_nodule_centre_with_size_and_malignancy_targets():
@@ -42,8 +46,12 @@ def test_no_nodule_gives_empty_targets():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_targets_stay_on_the_nodule_after_spatial_augmentation(seed):
-    aug = {"flip": {"prob": 1.0, "axes": [0, 1, 2]}, "rotation": {"prob": 1.0, "max_angle": 25},
-           "scaling": {"prob": 1.0, "scale_range": [0.85, 1.15]}, "elastic": {"prob": 0.0}}
+    aug = {
+        "flip": {"prob": 1.0, "axes": [0, 1, 2]},
+        "rotation": {"prob": 1.0, "max_angle": 25},
+        "scaling": {"prob": 1.0, "scale_range": [0.85, 1.15]},
+        "elastic": {"prob": 0.0},
+    }
     pipeline = Compose([RecordInstanceVolumesd(), *build_augmentation(aug), NoduleTargetsd(spacing=(1.5,) * 3)])
     pipeline.set_random_state(seed=seed)
     out = pipeline(_item())

@@ -1,0 +1,212 @@
+"""Export a trained detector to TorchScript or ONNX, verified against the eager network.
+
+Both exports are of the **eval-mode** network, so they emit probabilities (heatmap, malignancy) and mm (diameter),
+exactly like :class:`~pivot_monai.networks.PivotDetector` in eval mode.
+
+* TorchScript (``.ts``): ``torch.jit.script`` (falls back to ``torch.jit.trace`` for unscriptable custom networks);
+  the output is the same dict. Loadable with ``torch.jit.load`` alone.
+* ONNX (``.onnx``, opset 17): input ``image`` (B, 1, X, Y, Z) and outputs ``heatmap``, ``diameter``, ``malignancy``
+  in that order, with dynamic batch and spatial axes. Verified with onnxruntime.
+
+The MONAI bundle route gives the same TorchScript file with the bundle's metadata and config embedded::
+
+    python -m monai.bundle ckpt_export network_def --filepath bundle/models/model.ts \\
+        --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \\
+        --config_file bundle/configs/inference.yaml
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from monai.utils import optional_import
+
+from pivot_monai.inference.predictor import load_model
+from pivot_monai.networks import OUTPUT_KEYS
+
+__all__ = ["EXPORT_FORMATS", "ExportError", "export_model", "export_onnx", "export_torchscript"]
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMATS = ("torchscript", "onnx")
+_TOLERANCE = 1e-4
+_HINT = "pip install onnx onnxruntime (or pip install 'pivot-monai[export]')"
+
+
+class ExportError(RuntimeError):
+    """The exported model does not reproduce the eager network within tolerance."""
+
+
+class _TupleOutputs(nn.Module):
+    """The network with its dict output as a tuple in :data:`OUTPUT_KEYS` order (ONNX needs positional outputs)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        out = self.network(x)
+        return out["heatmap"], out["diameter"], out["malignancy"]
+
+
+def _eager(checkpoint: str | Path | nn.Module, model_cfg: Mapping[str, Any] | None) -> nn.Module:
+    net = load_model(checkpoint, model_cfg, "cpu")
+    if not isinstance(net, nn.Module) or isinstance(net, torch.jit.ScriptModule):
+        raise ValueError(f"{checkpoint}: export needs a training checkpoint (.pt) or an eager nn.Module")
+    return net.eval()
+
+
+def _example(patch_size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
+    if len(patch_size) != 3:
+        raise ValueError(f"patch_size must be 3 voxel counts (data.patch_size), got {list(patch_size)}")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 1, *(int(v) for v in patch_size), generator=gen)
+
+
+def _compare(reference: Mapping[str, torch.Tensor], outputs: Mapping[str, Any], atol: float, what: str) -> float:
+    worst = 0.0
+    for key in OUTPUT_KEYS:
+        ref = reference[key].detach().cpu().numpy()
+        value = outputs[key]
+        got = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+        if ref.shape != got.shape:
+            raise ExportError(f"{what}: output {key!r} has shape {got.shape}, eager gives {ref.shape}")
+        worst = max(worst, float(np.max(np.abs(ref - got))))
+    if worst > atol:
+        raise ExportError(f"{what}: outputs differ from eager by {worst:.3g} (> {atol:g}); the export is not faithful")
+    return worst
+
+
+def export_torchscript(
+    checkpoint: str | Path | nn.Module,
+    model_cfg: Mapping[str, Any] | None,
+    out_path: str | Path,
+    patch_size: Sequence[int] = (64, 64, 64),
+    *,
+    method: str = "script",
+    atol: float = _TOLERANCE,
+) -> Path:
+    """Export the eval-mode network to TorchScript and check it reproduces eager within ``atol``.
+
+    Args:
+        checkpoint: training checkpoint ``.pt`` or an ``nn.Module``.
+        model_cfg: the ``model`` config section the checkpoint was trained with.
+        out_path: ``.ts`` file to write (parent folders created).
+        patch_size: (X, Y, Z) input used for tracing and verification (``data.patch_size``). Default 64^3.
+        method: ``script`` (default; falls back to ``trace`` when scripting fails) or ``trace``.
+        atol: largest allowed absolute difference to eager. Default 1e-4.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ExportError: the saved model's outputs differ from eager by more than ``atol``.
+    """
+    if method not in ("script", "trace"):
+        raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
+    net, x = _eager(checkpoint, model_cfg), _example(patch_size)
+    ts = None
+    if method == "script":
+        try:
+            ts = torch.jit.script(net)
+        except Exception as err:  # noqa: BLE001 - TorchScript raises many error types
+            logger.warning("torch.jit.script failed (%s); tracing at %s", str(err).splitlines()[0], list(x.shape))
+    if ts is None:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            ts = torch.jit.trace(net, x, strict=False)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {
+        "pivot.json": json.dumps(
+            {"model": dict(model_cfg or {}), "patch_size": list(patch_size), "outputs": list(OUTPUT_KEYS)}
+        )
+    }
+    torch.jit.save(ts, str(path), _extra_files=extra)
+    with torch.no_grad():
+        diff = _compare(net(x), torch.jit.load(str(path))(x), atol, str(path))
+    logger.info("TorchScript model written to %s (max |diff| to eager %.2g)", path, diff)
+    return path
+
+
+def export_onnx(
+    checkpoint: str | Path | nn.Module,
+    model_cfg: Mapping[str, Any] | None,
+    out_path: str | Path,
+    patch_size: Sequence[int] = (64, 64, 64),
+    opset: int = 17,
+    *,
+    atol: float = _TOLERANCE,
+) -> Path:
+    """Export the eval-mode network to ONNX (dynamic batch/spatial axes) and verify it with onnxruntime.
+
+    Verification runs the patch and a second shape (first spatial axis doubled, batch 2) to exercise the dynamic axes.
+
+    Args:
+        checkpoint: training checkpoint ``.pt`` or an ``nn.Module``.
+        model_cfg: the ``model`` config section the checkpoint was trained with.
+        out_path: ``.onnx`` file to write (parent folders created).
+        patch_size: (X, Y, Z) example input (``data.patch_size``). Default 64^3.
+        opset: ONNX opset. Default 17.
+        atol: largest allowed absolute difference to eager. Default 1e-4.
+
+    Returns:
+        ``out_path``.
+
+    Raises:
+        ImportError: onnxruntime is missing (install hint in the message).
+        ExportError: onnxruntime's outputs differ from eager by more than ``atol``.
+    """
+    ort, has_ort = optional_import("onnxruntime")
+    if not has_ort:
+        raise ImportError(f"ONNX export is verified with onnxruntime: {_HINT}")
+    net, x = _eager(checkpoint, model_cfg), _example(patch_size)
+    path = Path(out_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    spatial = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    dynamic = {"image": spatial, **{k: {0: "batch", 2: "out_x", 3: "out_y", 4: "out_z"} for k in OUTPUT_KEYS}}
+    wrapper = _TupleOutputs(net).eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
+        torch.onnx.export(
+            wrapper,
+            (x,),
+            str(path),
+            input_names=["image"],
+            output_names=list(OUTPUT_KEYS),
+            opset_version=int(opset),
+            dynamic_axes=dynamic,
+            dynamo=False,
+        )
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    diff = 0.0
+    for example in (x, _example((2 * x.shape[2], *x.shape[3:]), batch=2, seed=1)):
+        outputs = dict(zip(OUTPUT_KEYS, session.run(list(OUTPUT_KEYS), {"image": example.numpy()})))
+        with torch.no_grad():
+            diff = max(diff, _compare(net(example), outputs, atol, f"{path} at input {list(example.shape)}"))
+    logger.info("ONNX model (opset %d) written to %s (max |diff| to eager %.2g)", opset, path, diff)
+    return path
+
+
+def export_model(
+    checkpoint: str | Path | nn.Module,
+    model_cfg: Mapping[str, Any] | None,
+    out_path: str | Path,
+    fmt: str,
+    patch_size: Sequence[int] = (64, 64, 64),
+    **kwargs: Any,
+) -> Path:
+    """:func:`export_torchscript` or :func:`export_onnx` by ``fmt`` (one of :data:`EXPORT_FORMATS`)."""
+    if fmt == "torchscript":
+        return export_torchscript(checkpoint, model_cfg, out_path, patch_size, **kwargs)
+    if fmt == "onnx":
+        return export_onnx(checkpoint, model_cfg, out_path, patch_size, **kwargs)
+    raise ValueError(f"export format must be one of {list(EXPORT_FORMATS)}, got {fmt!r}")

@@ -1,0 +1,341 @@
+"""Whole-scan inference: raw CT in, LUNA16 candidates (world mm) out.
+
+Per scan, the same code path as training data: :func:`~pivot_monai.data.io.read_sitk` ->
+:func:`~pivot_monai.data.preprocess.preprocess_image` (lung crop, resampling, HU window) -> :class:`Predictor`
+(sliding window, optional TTA) -> :func:`~pivot_monai.inference.decode.decode_peaks` ->
+:func:`~pivot_monai.inference.decode.output_to_input_index` -> world mm through the processed image's
+:class:`~pivot_monai.data.geometry.Geometry` (which lives in the raw scan's world frame).
+
+:func:`infer_scans` writes into ``output_dir``:
+
+* ``candidates.csv``: ``seriesuid,coordX,coordY,coordZ,probability,diameter_mm,malignancy_probability``, readable
+  unchanged by the official LUNA16 evaluation script;
+* ``infer_report.json``: scans done, scans failed (with the error naming the file), per-scan timings;
+* optionally ``<seriesuid>_heatmap.nii.gz`` resampled onto the raw scan (overlays in 3D Slicer / ITK-SNAP) and
+  ``previews/<seriesuid>_<rank>.png`` (see :mod:`pivot_monai.inference.previews`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+from tqdm import tqdm
+
+from pivot_monai.data.geometry import Geometry
+from pivot_monai.data.io import find_scans, read_sitk, seriesuid_from_path, volume_to_sitk
+from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image
+from pivot_monai.inference.decode import DecodeSettings, decode_peaks, output_to_input_index
+from pivot_monai.inference.predictor import Predictor
+from pivot_monai.inference.previews import write_previews
+from pivot_monai.metrics import ScanCandidates, write_submission_csv
+
+__all__ = [
+    "CANDIDATES_NAME",
+    "REPORT_NAME",
+    "InferencePipeline",
+    "ScanPrediction",
+    "heatmap_on_raw_grid",
+    "infer_scans",
+    "scan_datalist",
+]
+
+logger = logging.getLogger(__name__)
+
+CANDIDATES_NAME = "candidates.csv"
+REPORT_NAME = "infer_report.json"
+
+
+@dataclass
+class ScanPrediction:
+    """Inference result of one scan.
+
+    Attributes:
+        seriesuid: scan identifier.
+        path: the scan file or DICOM folder.
+        candidates: candidates in world mm, sorted by probability.
+        index: (K, 3) candidate positions as continuous voxel indices of the processed image.
+        geometry: geometry of the processed image (raw scan's world frame).
+        maps: network maps, each (1, 1, X/s, Y/s, Z/s) on the CPU.
+        stride: output stride ``s`` of the maps.
+        raw: the raw scan (float32 HU).
+        seconds: timing per stage.
+    """
+
+    seriesuid: str
+    path: Path
+    candidates: ScanCandidates
+    index: np.ndarray
+    geometry: Geometry
+    maps: dict[str, torch.Tensor]
+    stride: int
+    raw: sitk.Image | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def scan_datalist(inputs: str | Path | Sequence[str | Path | Mapping[str, Any]]) -> list[dict[str, str]]:
+    """Items ``{"image": path, "seriesuid": uid}`` for every scan in ``inputs`` (files, DICOM folders, folders).
+
+    Mapping items (``{"image": ...}``, e.g. a MONAI dataset) are passed through.
+
+    Raises:
+        FileNotFoundError: an input that does not exist or a folder without scans.
+    """
+    if isinstance(inputs, (str, Path)):
+        inputs = [inputs]
+    items: list[dict[str, str]] = []
+    seen: dict[str, str] = {}
+    for entry in inputs:
+        if isinstance(entry, Mapping):
+            paths = [Path(entry["image"])]
+            uids = [str(entry.get("seriesuid") or seriesuid_from_path(paths[0]))]
+        else:
+            paths = find_scans(entry)  # raises FileNotFoundError for a missing path
+            if not paths:
+                raise FileNotFoundError(
+                    f"{entry}: no CT scans found (expected .mhd/.raw, .nii/.nii.gz, .nrrd or DICOM folders)"
+                )
+            uids = [seriesuid_from_path(p) for p in paths]
+        for p, uid in zip(paths, uids):
+            if uid in seen:
+                logger.warning("duplicate seriesuid %s: %s ignored, keeping %s", uid, p, seen[uid])
+                continue
+            seen[uid] = str(p)
+            items.append({"image": str(p), "seriesuid": uid})
+    return items
+
+
+def heatmap_on_raw_grid(prediction: ScanPrediction) -> sitk.Image:
+    """The heatmap resampled (linear) onto the raw scan's grid, so it overlays the scan in any viewer.
+
+    The map at stride ``s`` is placed on its own grid (voxel ``m`` covers processed voxels ``m*s .. m*s+s-1``, so
+    its centre is processed index ``m*s + (s-1)/2``) and resampled onto the raw geometry; outside the lung crop it is 0.
+    """
+    if prediction.raw is None:
+        raise ValueError(f"{prediction.path}: the raw scan is needed to write its heatmap")
+    s, g = prediction.stride, prediction.geometry
+    heat = prediction.maps["heatmap"][0, 0].numpy().astype(np.float32)
+    grid = Geometry(g.index_to_world(np.full(3, (s - 1) / 2.0)), g.spacing * s, g.direction, heat.shape)
+    return sitk.Resample(
+        volume_to_sitk(heat, grid), prediction.raw, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32
+    )
+
+
+class InferencePipeline:
+    """Raw scan -> candidates, with the preprocessing of training and the configured decoding.
+
+    Args:
+        predictor: the loaded detector with its sliding window.
+        data: ``data`` config section (preprocessing). Default: the defaults.
+        inference: ``inference`` config section (decoding). Default: the defaults.
+        save_heatmap: write ``<uid>_heatmap.nii.gz`` on the raw grid. Default False.
+        save_previews: write ``previews/<uid>_<rank>.png`` for the top candidates. Default False.
+        num_previews: candidates previewed per scan. Default 5.
+    """
+
+    def __init__(
+        self,
+        predictor: Predictor,
+        data: Mapping[str, Any] | None = None,
+        inference: Mapping[str, Any] | None = None,
+        *,
+        save_heatmap: bool = False,
+        save_previews: bool = False,
+        num_previews: int = 5,
+    ) -> None:
+        self.predictor = predictor
+        self.preprocess = PreprocessConfig.from_data_section(dict(data or {}))
+        self.decode = DecodeSettings.from_config(inference)
+        self.save_heatmap, self.save_previews, self.num_previews = save_heatmap, save_previews, int(num_previews)
+
+    def predict(self, path: str | Path, seriesuid: str | None = None) -> ScanPrediction:
+        """Candidates of one scan.
+
+        Raises:
+            CTReadError: the scan cannot be read as CT (the message names the file).
+        """
+        path = Path(path)
+        uid = seriesuid or seriesuid_from_path(path)
+        t = [time.perf_counter()]
+        raw = read_sitk(path)
+        t.append(time.perf_counter())
+        scan = preprocess_image(raw, self.preprocess)
+        if not scan.lung_found:
+            logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
+        t.append(time.perf_counter())
+        maps = self.predictor(torch.from_numpy(scan.image)[None, None])
+        s = self.predictor.stride()
+        t.append(time.perf_counter())
+        heat = maps["heatmap"]
+        if float(heat.min()) < 0.0 or float(heat.max()) > 1.0:
+            logger.warning(
+                "%s: heatmap outside [0, 1] (%.3g..%.3g); is the model exported in train mode (logits)? clipping",
+                path,
+                float(heat.min()),
+                float(heat.max()),
+            )
+            maps["heatmap"] = heat = heat.clamp(0.0, 1.0)
+        decoded = decode_peaks(
+            heat, maps["diameter"], maps["malignancy"], self.decode, tuple(scan.geometry.spacing * s)
+        )
+        index = output_to_input_index(decoded["index"], s).reshape(-1, 3)
+        world = scan.geometry.index_to_world(index).reshape(-1, 3)
+        cands = ScanCandidates(
+            world, np.clip(decoded["score"], 0.0, 1.0), decoded["diameter_mm"], np.clip(decoded["malignancy"], 0.0, 1.0)
+        )
+        t.append(time.perf_counter())
+        names = ("read", "preprocess", "network", "decode")
+        seconds = {n: round(b - a, 3) for n, a, b in zip(names, t[:-1], t[1:])}
+        return ScanPrediction(uid, path, cands, index, scan.geometry, maps, s, raw, seconds)
+
+    def predict_many(self, items: Sequence[Mapping[str, str]]) -> Iterator[tuple[Mapping[str, str], Any]]:
+        """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed; never raises."""
+        for item in tqdm(items, desc="infer", unit="scan", disable=None):
+            try:
+                yield item, self.predict(item["image"], item.get("seriesuid"))
+            except Exception as err:  # noqa: BLE001 - one broken scan must never stop the others
+                msg = str(err) if str(item["image"]) in str(err) else f"{item['image']}: {type(err).__name__}: {err}"
+                logger.error("%s", msg)
+                logger.debug("traceback of %s", item["image"], exc_info=True)
+                yield item, msg
+
+    def write_outputs(self, pred: ScanPrediction, output_dir: Path) -> None:
+        """The optional per-scan outputs (heatmap on the raw grid, previews)."""
+        if self.save_heatmap:
+            sitk.WriteImage(
+                heatmap_on_raw_grid(pred), str(output_dir / f"{pred.seriesuid}_heatmap.nii.gz"), useCompression=True
+            )
+        if self.save_previews and len(pred.candidates):
+            write_previews(pred.raw, pred.seriesuid, pred.candidates, output_dir / "previews", self.num_previews)
+
+    def run(self, inputs: Any, output_dir: str | Path, *, raise_on_failure: bool = False) -> dict[str, Any]:
+        """Infer every scan of ``inputs`` and write ``candidates.csv`` and ``infer_report.json`` to ``output_dir``.
+
+        Args:
+            inputs: scan files, DICOM folders or folders of them (or ``{"image": path}`` items).
+            output_dir: output folder (created).
+            raise_on_failure: raise ``RuntimeError`` after writing the outputs when a scan failed. Default False.
+
+        Returns:
+            The report (also in ``infer_report.json``): ``ok``, ``failed`` (``path``, ``seriesuid``, ``error``),
+            ``n_candidates`` and ``seconds`` per scan, ``candidates_csv``.
+
+        Raises:
+            FileNotFoundError: an input path does not exist or holds no scans (nothing is run).
+        """
+        out = Path(output_dir)
+        items = scan_datalist(inputs)
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        report: dict[str, Any] = {"ok": [], "failed": [], "n_candidates": {}, "seconds": {}}
+        candidates: dict[str, ScanCandidates] = {}
+        for item, result in self.predict_many(items):
+            if isinstance(result, str):
+                report["failed"].append({"path": item["image"], "seriesuid": item["seriesuid"], "error": result})
+                continue
+            t = time.perf_counter()
+            try:
+                self.write_outputs(result, out)
+            except Exception as err:  # noqa: BLE001 - keep the candidates even if a preview fails
+                logger.error("%s: writing heatmap/previews failed: %s: %s", result.path, type(err).__name__, err)
+            result.seconds["outputs"] = round(time.perf_counter() - t, 3)
+            candidates[result.seriesuid] = result.candidates
+            report["ok"].append(result.seriesuid)
+            report["n_candidates"][result.seriesuid] = len(result.candidates)
+            report["seconds"][result.seriesuid] = result.seconds
+            logger.info(
+                "%s: %d candidates in %.2f s (%s)",
+                result.seriesuid,
+                len(result.candidates),
+                sum(result.seconds.values()),
+                ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()),
+            )
+        csv_path = write_submission_csv(out / CANDIDATES_NAME, candidates)
+        report.update(
+            candidates_csv=str(csv_path),
+            output_dir=str(out),
+            n_scans=len(items),
+            total_seconds=round(time.perf_counter() - t0, 3),
+            settings=self.settings(),
+        )
+        tmp = out / (REPORT_NAME + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1))
+        tmp.replace(out / REPORT_NAME)
+        logger.info(
+            "%d of %d scan(s) done, %d failed -> %s", len(report["ok"]), len(items), len(report["failed"]), csv_path
+        )
+        if report["failed"] and raise_on_failure:
+            raise RuntimeError(
+                f"{len(report['failed'])} scan(s) failed, first: {report['failed'][0]['error']}; "
+                f"see {out / REPORT_NAME}"
+            )
+        return report
+
+    def settings(self) -> dict[str, Any]:
+        """The preprocessing, decoding and TTA settings in effect (for the report)."""
+        return {
+            "preprocess": self.preprocess.to_dict(),
+            "decode": vars(self.decode),
+            "tta": self.predictor.tta.names,
+            "roi_size": list(self.predictor.roi_size),
+            "output_stride": self.predictor.output_stride,
+        }
+
+
+def infer_scans(
+    inputs: str | Path | Sequence[str | Path],
+    output_dir: str | Path,
+    model: Any,
+    *,
+    data: Mapping[str, Any] | None = None,
+    model_cfg: Mapping[str, Any] | None = None,
+    inference: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    tta: bool | None = None,
+    overlap: float | None = None,
+    sw_batch_size: int | None = None,
+    save_heatmap: bool = False,
+    save_previews: bool = False,
+    num_previews: int = 5,
+    raise_on_failure: bool = False,
+) -> dict[str, Any]:
+    """Detect nodules in raw CT scans and write ``candidates.csv`` (and ``infer_report.json``) to ``output_dir``.
+
+    Args:
+        inputs: ``.mhd``/NIfTI files, DICOM folders, or folders holding them (searched recursively).
+        output_dir: output folder.
+        model: ``.pt`` checkpoint (with ``model_cfg``), ``.ts``, ``.onnx``, or a network/callable.
+        data: ``data`` config section: ``patch_size`` and the preprocessing keys. Default: the defaults.
+        model_cfg: ``model`` config section, for a checkpoint. Default: the defaults.
+        inference: ``inference`` config section (window, decoding, ``tta``). Default: the defaults.
+        device: ``cpu`` or ``cuda``. Default CPU.
+        tta: force test-time augmentation on/off; ``None`` follows ``inference.tta.enabled``.
+        overlap: sliding-window overlap; ``None`` follows ``inference.overlap``.
+        sw_batch_size: windows per forward; ``None`` follows ``inference.sw_batch_size``.
+        save_heatmap: write ``<uid>_heatmap.nii.gz`` aligned with the raw scan. Default False.
+        save_previews: write PNG previews of the top candidates. Default False.
+        num_previews: candidates previewed per scan. Default 5.
+        raise_on_failure: raise after writing the outputs when a scan failed. Default False.
+
+    Returns:
+        The report of :meth:`InferencePipeline.run`; ``report["failed"]`` is non-empty when a scan failed.
+
+    Raises:
+        FileNotFoundError: an input or the model file does not exist.
+        ValueError: a bad model file or config value.
+    """
+    predictor = Predictor.from_config(
+        model, data, model_cfg, inference, device=device, tta=tta, overlap=overlap, sw_batch_size=sw_batch_size
+    )
+    pipeline = InferencePipeline(
+        predictor, data, inference, save_heatmap=save_heatmap, save_previews=save_previews, num_previews=num_previews
+    )
+    return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)

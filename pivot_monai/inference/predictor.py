@@ -1,0 +1,364 @@
+"""Load a trained detector (checkpoint, TorchScript or ONNX) and predict dense maps over a whole volume.
+
+:func:`load_model` accepts
+
+* a training checkpoint ``model.pt`` (the network ``state_dict``, or ``{"model": state_dict}``) plus the ``model``
+  config section it was trained with (or an already built network to load it into);
+* a TorchScript file ``model.ts`` (``torch.jit.load``; no PIVOT training code needed);
+* an ONNX file ``model.onnx`` run by onnxruntime (outputs mapped back to ``heatmap``, ``diameter``, ``malignancy``).
+
+:class:`Predictor` runs any of them with MONAI's :class:`~monai.inferers.SlidingWindowInferer` (dict outputs, maps at
+``1 / output_stride`` of the input resolution) and optional test-time augmentation (:mod:`pivot_monai.inference.tta`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from monai.inferers import Inferer, SlidingWindowInferer
+from monai.utils import optional_import
+
+from pivot_monai.inference.tta import TTASettings, augment, invert
+from pivot_monai.networks import OUTPUT_KEYS, build_network
+
+__all__ = [
+    "OnnxModel",
+    "Predictor",
+    "load_checkpoint",
+    "load_model",
+    "load_state_dict",
+    "resolve_device",
+]
+
+logger = logging.getLogger(__name__)
+
+TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
+ONNX_SUFFIXES = (".onnx",)
+_WRAPPER_KEYS = ("model", "state_dict", "network")
+_ORT_HINT = "pip install onnxruntime (or pip install 'pivot-monai[export]')"
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``torch.device`` for ``device`` (default CPU); an unavailable CUDA device falls back to CPU with a warning.
+
+    Raises:
+        ValueError: an unparsable device string.
+    """
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        logger.warning("device %s requested but CUDA is not available; running on CPU", dev)
+        return torch.device("cpu")
+    return dev
+
+
+def load_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
+    """The network ``state_dict`` stored in ``checkpoint`` (bare, or wrapped as ``{"model": ...}``).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file is not a PyTorch checkpoint holding a state dict.
+    """
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (expected the model.pt written by training)")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        raise ValueError(
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            f"pass a .ts file with --model for TorchScript, .onnx for ONNX"
+        ) from err
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
+            obj = obj[key]
+            break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(
+            f"{path}: expected a network state_dict (or {{'model': state_dict}}), got {type(obj).__name__}"
+        )
+    return dict(obj)
+
+
+def load_checkpoint(network: nn.Module, checkpoint: str | Path) -> nn.Module:
+    """Load ``checkpoint`` into ``network`` (strictly) and return it in eval mode.
+
+    Raises:
+        ValueError: the weights do not fit the network; the message names the file and the first mismatches.
+    """
+    state = load_state_dict(checkpoint)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:400]
+        raise ValueError(
+            f"{checkpoint}: weights do not match the network built from the `model` config ({detail}); use the "
+            f"model section the checkpoint was trained with (--config, or model#base_filters/depth/output_stride)"
+        ) from err
+    return network.eval()
+
+
+class OnnxModel:
+    """An ONNX detector run by onnxruntime, called like the PyTorch network.
+
+    Args:
+        path: ``.onnx`` file.
+        device: ``cuda`` uses the CUDA execution provider when onnxruntime has it. Default CPU.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: onnxruntime cannot load it.
+    """
+
+    def __init__(self, path: str | Path, device: torch.device | None = None) -> None:
+        ort, has_ort = optional_import("onnxruntime")
+        if not has_ort:
+            raise ImportError(f"running {path} needs onnxruntime: {_ORT_HINT}")
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: ONNX model not found")
+        providers = ["CPUExecutionProvider"]
+        if device is not None and device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = ort.InferenceSession(str(self.path), providers=providers)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise ValueError(f"{self.path}: onnxruntime cannot load it ({err})") from err
+        self.input_name = self.session.get_inputs()[0].name
+        names = [o.name for o in self.session.get_outputs()]
+        if set(OUTPUT_KEYS) <= set(names):
+            self.output_names = list(OUTPUT_KEYS)
+        elif len(names) >= len(OUTPUT_KEYS):
+            logger.info("%s: outputs %s read in order as %s", self.path, names, list(OUTPUT_KEYS))
+            self.output_names = names[: len(OUTPUT_KEYS)]
+        else:
+            raise ValueError(f"{self.path}: expected {len(OUTPUT_KEYS)} outputs {list(OUTPUT_KEYS)}, got {names}")
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 1, X, Y, Z) image -> dict of (B, 1, X/s, Y/s, Z/s) maps on ``x``'s device."""
+        outputs = self.session.run(self.output_names, {self.input_name: x.detach().cpu().float().numpy()})
+        return {k: torch.from_numpy(np.asarray(v)).to(x.device) for k, v in zip(OUTPUT_KEYS, outputs)}
+
+
+def load_model(
+    model: str | Path | nn.Module | Callable,
+    model_cfg: Mapping[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    network: nn.Module | None = None,
+) -> Callable[[torch.Tensor], Any]:
+    """A callable detector from a checkpoint, TorchScript or ONNX file (by suffix), or a module as is.
+
+    Args:
+        model: ``.pt``/``.pth`` checkpoint, ``.ts`` TorchScript, ``.onnx`` file, or an ``nn.Module``/callable.
+        model_cfg: ``model`` config section used to build the network for a checkpoint. Default: the defaults.
+        device: where to run it. Default CPU.
+        network: an already built network to load a checkpoint into (instead of building one from ``model_cfg``).
+
+    Returns:
+        The model in eval mode on ``device``; called on a (B, 1, X, Y, Z) tensor it returns the dict (or tuple) of
+        maps ``heatmap``, ``diameter``, ``malignancy``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file cannot be loaded, or a checkpoint does not fit the model config.
+    """
+    dev = resolve_device(device)
+    if isinstance(model, nn.Module):
+        return model.to(dev).eval()
+    if callable(model) and not isinstance(model, (str, Path)):
+        return model
+    path = Path(model)
+    name = path.name.lower()
+    if name.endswith(ONNX_SUFFIXES):
+        return OnnxModel(path, dev)
+    if name.endswith(TORCHSCRIPT_SUFFIXES):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: TorchScript model not found")
+        try:
+            return torch.jit.load(str(path), map_location=dev).eval()
+        except RuntimeError as err:
+            raise ValueError(f"{path}: not a TorchScript archive ({str(err).splitlines()[0][:200]})") from err
+    net = network if network is not None else build_network(model_cfg)
+    return load_checkpoint(net, path).to(dev)
+
+
+def _as_dict(out: Any, where: str = "network output") -> dict[str, torch.Tensor]:
+    if isinstance(out, Mapping):
+        missing = [k for k in OUTPUT_KEYS if k not in out]
+        if missing:
+            raise ValueError(f"{where} lacks {missing}; expected a dict with keys {list(OUTPUT_KEYS)}")
+        return {k: out[k] for k in OUTPUT_KEYS}
+    if isinstance(out, (tuple, list)) and len(out) >= len(OUTPUT_KEYS):
+        return dict(zip(OUTPUT_KEYS, out))
+    raise ValueError(f"{where} must be a dict (or tuple) of {list(OUTPUT_KEYS)}, got {type(out).__name__}")
+
+
+class Predictor:
+    """Dense maps for a whole volume: sliding window (and TTA) over any loaded detector.
+
+    Args:
+        network: callable returning the dict (or tuple) of maps for a (B, 1, *roi_size) tensor (see
+            :func:`load_model`).
+        roi_size: sliding-window patch size ``(X, Y, Z)`` voxels (``data.patch_size``).
+        overlap: window overlap in [0, 1). Default 0.25.
+        sw_batch_size: windows per forward pass. Default 2.
+        blend_mode: ``gaussian`` or ``constant``. Default ``gaussian``.
+        device: where the network runs. Default CPU.
+        tta: :class:`~pivot_monai.inference.tta.TTASettings`, an ``inference.tta`` mapping or a bool. Default off.
+        output_stride: input/output resolution ratio; ``None`` measures it with one forward pass. Default None.
+        inferer: a MONAI inferer to use instead of building a ``SlidingWindowInferer`` from the arguments above.
+
+    Example:
+        >>> net = build_network({"base_filters": 4, "depth": 2}).eval()
+        >>> out = Predictor(net, (16, 16, 16))(torch.zeros(1, 1, 20, 24, 18))
+        >>> tuple(out["heatmap"].shape)
+        (1, 1, 20, 24, 18)
+    """
+
+    def __init__(
+        self,
+        network: Callable[[torch.Tensor], Any],
+        roi_size: Sequence[int],
+        *,
+        overlap: float = 0.25,
+        sw_batch_size: int = 2,
+        blend_mode: str = "gaussian",
+        device: str | torch.device | None = None,
+        tta: TTASettings | Mapping[str, Any] | bool | None = None,
+        output_stride: int | None = None,
+        inferer: Inferer | None = None,
+    ) -> None:
+        self.roi_size = tuple(int(v) for v in roi_size)
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ValueError(f"data.patch_size must be 3 positive voxel counts, got {list(roi_size)}")
+        if not 0.0 <= float(overlap) < 1.0:
+            raise ValueError(f"inference.overlap must be in [0, 1), got {overlap}")
+        if int(sw_batch_size) < 1:
+            raise ValueError(f"inference.sw_batch_size must be >= 1, got {sw_batch_size}")
+        if blend_mode not in ("gaussian", "constant"):
+            raise ValueError(f"inference.blend_mode must be 'gaussian' or 'constant', got {blend_mode!r}")
+        self.network = network
+        self.device = resolve_device(device)
+        self.tta = TTASettings.from_config(tta)
+        self.output_stride = output_stride
+        self.inferer = inferer or SlidingWindowInferer(
+            roi_size=self.roi_size, sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode=blend_mode
+        )
+
+    @classmethod
+    def from_config(
+        cls,
+        model: str | Path | nn.Module | Callable,
+        data: Mapping[str, Any] | None = None,
+        model_cfg: Mapping[str, Any] | None = None,
+        inference: Mapping[str, Any] | None = None,
+        *,
+        device: str | torch.device | None = None,
+        tta: bool | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+    ) -> Predictor:
+        """Load ``model`` (see :func:`load_model`) and set the window from the config sections.
+
+        ``data.patch_size`` is the window; ``inference.overlap``, ``sw_batch_size``, ``blend_mode`` and ``tta`` the
+        rest. Keyword arguments that are not ``None`` override the config (the CLI flags).
+        """
+        data, inference = dict(data or {}), dict(inference or {})
+        dev = resolve_device(device)
+        return cls(
+            load_model(model, model_cfg, dev),
+            data.get("patch_size", (64, 64, 64)),
+            overlap=inference.get("overlap", 0.25) if overlap is None else overlap,
+            sw_batch_size=inference.get("sw_batch_size", 2) if sw_batch_size is None else sw_batch_size,
+            blend_mode=inference.get("blend_mode", "gaussian"),
+            device=dev,
+            tta=TTASettings.from_config(inference.get("tta"), enabled=tta),
+        )
+
+    def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v.float() for k, v in _as_dict(self.network(x)).items()}
+
+    def stride(self, in_channels: int = 1) -> int:
+        """The network's output stride (measured once on a zero patch unless given)."""
+        if self.output_stride is None:
+            with torch.no_grad():
+                out = self._forward(torch.zeros(1, in_channels, *self.roi_size, device=self.device))
+            shape = tuple(out["heatmap"].shape[2:])
+            ratios = {r / s for r, s in zip(self.roi_size, shape)}
+            if len(ratios) != 1 or not float(next(iter(ratios))).is_integer():
+                raise ValueError(
+                    f"network maps {list(shape)} are not an integer fraction of the patch "
+                    f"{list(self.roi_size)}; check data.patch_size against the model"
+                )
+            self.output_stride = int(next(iter(ratios)))
+            logger.debug("measured output stride %d", self.output_stride)
+            self._check_alignment()
+        return int(self.output_stride)
+
+    def _check_alignment(self) -> None:
+        """Warn when sliding-window steps are not whole output voxels (blended maps then shift by a fraction)."""
+        overlap = getattr(self.inferer, "overlap", None)
+        if overlap is None or self.output_stride in (None, 1):
+            return
+        overlaps = overlap if isinstance(overlap, Sequence) else [overlap] * 3
+        steps = [max(1, int(r * (1.0 - o))) for r, o in zip(self.roi_size, overlaps)]
+        if any(step % self.output_stride for step in steps):
+            logger.warning(
+                "sliding-window steps %s (patch %s, overlap %s) are not multiples of the output stride %d; "
+                "choose an overlap giving whole steps (e.g. 0.25 or 0.5)",
+                steps,
+                list(self.roi_size),
+                overlap,
+                self.output_stride,
+            )
+
+    def __call__(self, image: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
+        """Predict the maps of one volume.
+
+        Args:
+            image: (1, 1, X, Y, Z) (or (X, Y, Z)) processed image in [0, 1].
+
+        Returns:
+            dict of (1, 1, ceil(X/s), ceil(Y/s), ceil(Z/s)) float32 CPU tensors ``heatmap``, ``diameter`` (mm) and
+            ``malignancy``, ``s`` = :meth:`stride`; averaged over the TTA passes when enabled.
+        """
+        x = torch.as_tensor(image, dtype=torch.float32)
+        if x.dim() == 3:
+            x = x[None, None]
+        if x.dim() != 5:
+            raise ValueError(f"Predictor expects a (1, 1, X, Y, Z) or (X, Y, Z) volume, got shape {list(x.shape)}")
+        x = x.to(self.device)
+        s = self.stride(x.shape[1])
+        size = x.shape[2:]
+        # pad at the far end to a multiple of the stride (and at least one window): windows then start on output-voxel
+        # boundaries, flips invert exactly at low resolution, and the input index mapping stays unchanged
+        names = self.tta.names
+        roi = list(self.roi_size)
+        if any("rotate_90" in n for n in names):  # rotated volumes swap x and y: fit the window both ways
+            roi[0] = roi[1] = max(roi[0], roi[1])
+        target = [max(r, math.ceil(n / s) * s) for n, r in zip(size, roi)]
+        pad = [p for n, t in reversed(list(zip(size, target))) for p in (0, t - n)]
+        x = F.pad(x, pad, value=0.0)
+        total: dict[str, torch.Tensor] = {}
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)  # MONAI
+            for name in names:
+                out = self.inferer(augment(x, name), self._forward)
+                for k, v in _as_dict(out, "sliding-window output").items():
+                    v = invert(v, name)
+                    total[k] = v if k not in total else total[k] + v
+        crop = tuple(slice(0, math.ceil(n / s)) for n in size)
+        return {k: (v / len(names))[(..., *crop)].cpu() for k, v in total.items()}

@@ -1,0 +1,240 @@
+"""Nodule-aware crop sampling: positive, random-negative and hard-negative crops, curriculum- and stage-aware.
+
+:class:`NoduleCropSamplerd` takes the place of MONAI's ``RandCropByPosNegLabeld`` (and of the ``SpatialPadd``
+before it) in the training transforms. With an empty pool, no curriculum and no stage it draws crops as
+``RandCropByPosNegLabeld`` does: a ``pos / (pos + neg)`` share centred on random foreground voxels of the instance
+label, the rest on random background voxels. On top of that it
+
+* centres a ``hard_ratio`` share of the negatives on the pooled hard negatives of the scan
+  (:class:`~pivot_monai.transforms.hard_negatives.HardNegativePool`, filled by
+  :class:`~pivot_monai.handlers.hard_negative_mining.HardNegativeMiningHandler`),
+* draws positives only from nodules at least ``min_diameter`` mm wide (the curriculum stage), and
+* reads the crop size from a :class:`~pivot_monai.transforms.stages.StageState` (progressive patch sizes).
+
+:class:`StagedCenterSpatialCropd` cuts the network patch out of the crop after targets are made, at the stage's size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.transforms import CenterSpatialCrop, MapTransform, Randomizable, SpatialCrop, SpatialPad
+from monai.transforms.traits import MultiSampleTrait
+from monai.transforms.utils import correct_crop_centers
+
+from pivot_monai.transforms.hard_negatives import HardNegativePool
+from pivot_monai.transforms.stages import StageState
+
+__all__ = ["CROP_KINDS", "NoduleCropSamplerd", "StagedCenterSpatialCropd", "crop_ratios", "stochastic_round"]
+
+CROP_KINDS = ("positive", "hard_negative", "negative")
+"""Values of the ``"crop_kind"`` key added to every crop."""
+
+_BACKGROUND_TRIES = 64
+
+
+def crop_ratios(pos_neg_ratio: Sequence[float], mining: Mapping[str, Any] | None = None) -> tuple[float, float, float]:
+    """``(pos, neg, hard_ratio)`` of the sampler from ``data.pos_neg_ratio`` and ``training.hard_negative_mining``.
+
+    With mining enabled: one positive per ``neg_pos_ratio`` negatives, ``batch_hard_ratio`` of them hard; otherwise
+    ``data.pos_neg_ratio`` and no hard negatives.
+
+    Raises:
+        ValueError: negative ratios or ``batch_hard_ratio`` outside [0, 1], naming the key.
+    """
+    mining = dict(mining or {})
+    if mining.get("enabled", False):
+        neg, hard = float(mining.get("neg_pos_ratio", 3.0)), float(mining.get("batch_hard_ratio", 0.5))
+        if neg < 0:
+            raise ValueError(f"training.hard_negative_mining.neg_pos_ratio must be >= 0, got {neg}")
+        if not 0.0 <= hard <= 1.0:
+            raise ValueError(f"training.hard_negative_mining.batch_hard_ratio must be in [0, 1], got {hard}")
+        return 1.0, neg, hard
+    if len(pos_neg_ratio) != 2 or min(pos_neg_ratio) < 0 or sum(pos_neg_ratio) <= 0:
+        raise ValueError(f"data.pos_neg_ratio must be [pos, neg] >= 0 with a positive sum, got {list(pos_neg_ratio)}")
+    return float(pos_neg_ratio[0]), float(pos_neg_ratio[1]), 0.0
+
+
+def stochastic_round(x: float, rng: np.random.RandomState) -> int:
+    """``floor(x)`` plus one with probability ``x - floor(x)``: exact for integers, unbiased otherwise."""
+    low = math.floor(x)
+    return int(low + (rng.random_sample() < x - low))
+
+
+def _as_numpy(x: Any) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
+    """Draw ``num_samples`` crops per volume: positives, hard negatives and random negatives.
+
+    Per volume, ``round(num_samples * pos / (pos + neg))`` crops are positive (stochastic rounding, so the expected
+    share is exact; none for a scan without eligible nodules), and of the negatives ``round(n_neg * hard_ratio)`` are
+    centred on pooled hard negatives of the scan (none while the pool has no entry for it). Positive centres are
+    random voxels of nodules with diameter ``>= min_diameter`` (``nodule_diameters`` is indexed by label id; with a
+    positive minimum, instances of unknown diameter are skipped); negative centres random voxels with label 0.
+    Centres are moved inwards so the crop fits (MONAI ``correct_crop_centers``), the crop is cut with MONAI
+    ``SpatialCrop`` and padded with ``SpatialPad`` where the volume is smaller than the crop.
+
+    Args:
+        keys: keys to crop (image and instance label).
+        label_key: the (1, X, Y, Z) instance label. Default ``"label"``.
+        spatial_size: crop size when the stage sets no patch size.
+        num_samples: crops per volume (``data.samples_per_volume``). Default 4.
+        pos: positive weight. Default 1. neg: negative weight. Default 1.
+        hard_ratio: share of negatives centred on pooled hard negatives, in [0, 1]. Default 0.
+        pool: the :class:`~pivot_monai.transforms.hard_negatives.HardNegativePool`, or ``None``.
+        stage: the :class:`~pivot_monai.transforms.stages.StageState` (crop size and minimum diameter), or ``None``.
+        crop_margin: context voxels around the stage's patch on each side (``data.crop_margin``). Default 0.
+        min_diameter: minimum nodule diameter (mm) without a stage; with one, the larger of the two. Default 0.
+        seriesuid_key: key of the scan id (``LoadNoduleMetad``). Default ``"seriesuid"``.
+        diameters_key: key of the per-label-id diameters (``LoadNoduleMetad``). Default ``"nodule_diameters"``.
+        pad_mode: ``SpatialPad`` mode. Default ``"constant"`` (zeros).
+
+    Adds ``"crop_kind"`` (one of :data:`CROP_KINDS`) and ``"crop_center"`` ((3,) int array) to every crop.
+
+    Raises:
+        ValueError: invalid sizes or ratios.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        label_key: str = "label",
+        spatial_size: Sequence[int] = (64, 64, 64),
+        num_samples: int = 4,
+        pos: float = 1.0,
+        neg: float = 1.0,
+        hard_ratio: float = 0.0,
+        pool: HardNegativePool | None = None,
+        stage: StageState | None = None,
+        crop_margin: int = 0,
+        min_diameter: float = 0.0,
+        seriesuid_key: str = "seriesuid",
+        diameters_key: str = "nodule_diameters",
+        pad_mode: str = "constant",
+        allow_missing_keys: bool = False,
+    ) -> None:
+        MapTransform.__init__(self, keys, allow_missing_keys)
+        if int(num_samples) < 1:
+            raise ValueError(f"data.samples_per_volume must be >= 1, got {num_samples}")
+        if min(pos, neg) < 0 or pos + neg <= 0:
+            raise ValueError(f"pos and neg must be >= 0 with a positive sum, got pos={pos}, neg={neg}")
+        if not 0.0 <= hard_ratio <= 1.0:
+            raise ValueError(f"hard_ratio must be in [0, 1], got {hard_ratio}")
+        if len(spatial_size) != 3 or min(spatial_size) < 1 or int(crop_margin) < 0:
+            raise ValueError(
+                f"spatial_size must be 3 positive ints and crop_margin >= 0, got {list(spatial_size)}, {crop_margin}"
+            )
+        self.label_key, self.spatial_size = label_key, tuple(int(s) for s in spatial_size)
+        self.num_samples, self.pos_ratio, self.hard_ratio = int(num_samples), pos / (pos + neg), float(hard_ratio)
+        self.pool, self.stage, self.crop_margin = pool, stage, int(crop_margin)
+        self.min_diameter = float(min_diameter)
+        self.seriesuid_key, self.diameters_key, self.pad_mode = seriesuid_key, diameters_key, pad_mode
+
+    def crop_size(self) -> tuple[int, ...]:
+        """Current crop size: the stage's patch plus margins, else ``spatial_size``."""
+        return self.stage.crop_size(self.spatial_size, self.crop_margin) if self.stage else self.spatial_size
+
+    def current_min_diameter(self) -> float:
+        """Current minimum nodule diameter of positive crops (mm)."""
+        return max(self.min_diameter, self.stage.min_diameter if self.stage else 0.0)
+
+    def _foreground(self, label: np.ndarray, diameters: np.ndarray | None) -> np.ndarray:
+        """Flat indices of voxels of nodules eligible as positive centres."""
+        flat = np.flatnonzero(label > 0)
+        min_d = self.current_min_diameter()
+        if min_d <= 0 or flat.size == 0:
+            return flat
+        ids = np.rint(label.ravel()[flat]).astype(np.int64)
+        diam = np.zeros(int(ids.max()) + 1) if diameters is None else np.asarray(diameters, dtype=float)
+        diam = np.pad(diam, (0, max(0, int(ids.max()) + 1 - len(diam))))
+        return flat[diam[ids] >= min_d]
+
+    def _background_centre(self, label: np.ndarray) -> tuple[int, ...]:
+        shape = label.shape
+        for _ in range(_BACKGROUND_TRIES):  # nodules are tiny: rejection sampling avoids indexing the whole volume
+            c = tuple(int(self.R.randint(s)) for s in shape)
+            if label[c] == 0:
+                return c
+        bg = np.flatnonzero(label.ravel() == 0)
+        flat = int(self.R.choice(bg)) if bg.size else int(self.R.randint(label.size))
+        return tuple(int(i) for i in np.unravel_index(flat, shape))
+
+    def plan(
+        self, label: np.ndarray, diameters: np.ndarray | None = None, seriesuid: str | None = None
+    ) -> list[tuple[str, tuple[int, ...]]]:
+        """``num_samples`` ``(kind, centre)`` pairs for an (X, Y, Z) instance label (centres before correction)."""
+        fg = self._foreground(label, diameters)
+        n_pos = min(stochastic_round(self.num_samples * self.pos_ratio, self.R), self.num_samples) if fg.size else 0
+        n_neg = self.num_samples - n_pos
+        hard = (
+            self.pool.get(seriesuid)
+            if (self.pool is not None and seriesuid is not None and self.hard_ratio > 0)
+            else []
+        )
+        n_hard = min(stochastic_round(n_neg * self.hard_ratio, self.R), n_neg) if hard else 0
+        out = []
+        for _ in range(n_pos):
+            out.append(("positive", tuple(int(i) for i in np.unravel_index(int(self.R.choice(fg)), label.shape))))
+        for _ in range(n_hard):
+            index, _score = hard[int(self.R.randint(len(hard)))]
+            out.append(("hard_negative", tuple(int(min(max(i, 0), s - 1)) for i, s in zip(index, label.shape))))
+        for _ in range(n_neg - n_hard):
+            out.append(("negative", self._background_centre(label)))
+        return out
+
+    def randomize(self, data: Any = None) -> None:  # plan() draws everything; kept for the Randomizable interface
+        return None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> list[dict[Hashable, Any]]:
+        d = dict(data)
+        label = _as_numpy(d[self.label_key])[0]
+        diameters = d.get(self.diameters_key)
+        uid = d.get(self.seriesuid_key)
+        size = self.crop_size()
+        results = []
+        for kind, centre in self.plan(
+            label, None if diameters is None else _as_numpy(diameters), None if uid is None else str(uid)
+        ):
+            centre = correct_crop_centers(list(centre), size, label.shape, allow_smaller=True)
+            crop, pad = SpatialCrop(roi_center=centre, roi_size=size), SpatialPad(size, mode=self.pad_mode)
+            out = dict(d)
+            for key in self.key_iterator(d):
+                out[key] = pad(crop(d[key]))
+            out["crop_kind"], out["crop_center"] = kind, np.asarray(centre, dtype=np.int64)
+            results.append(out)
+        return results
+
+
+class StagedCenterSpatialCropd(MapTransform):
+    """Centre crop to the stage's patch size (``roi_size`` when the stage sets none), MONAI ``CenterSpatialCrop``.
+
+    Args:
+        keys: keys to crop.
+        roi_size: patch size without a progressive stage (``data.patch_size``).
+        stage: the shared :class:`~pivot_monai.transforms.stages.StageState`, or ``None``.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        roi_size: Sequence[int],
+        stage: StageState | None = None,
+        allow_missing_keys: bool = False,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.roi_size, self.stage = tuple(int(s) for s in roi_size), stage
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        size = self.stage.patch_size if self.stage is not None and self.stage.patch_size else self.roi_size
+        crop = CenterSpatialCrop(size)
+        for key in self.key_iterator(d):
+            d[key] = crop(d[key])
+        return d

@@ -1,0 +1,165 @@
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from pivot_monai.inference.commands import add_export_arguments, add_infer_arguments, run_export, run_infer
+from pivot_monai.inference.export import export_onnx, export_torchscript
+from pivot_monai.inference.pipeline import infer_scans
+from pivot_monai.inference.predictor import OnnxModel, load_model
+from pivot_monai.metrics import read_submission_csv
+from pivot_monai.networks import OUTPUT_KEYS, build_network
+from tests.conftest import REPO_ROOT
+from tests.inference.conftest import TINY_MODEL, tricky_geometries
+
+STRIDE2 = {**TINY_MODEL, "output_stride": 2, "batch_norm": False}
+
+
+def _eager(checkpoint, cfg=TINY_MODEL):
+    return load_model(checkpoint, cfg)
+
+
+def _assert_close(got, ref, atol=1e-4):
+    for key in OUTPUT_KEYS:
+        assert got[key].shape == ref[key].shape, key
+        assert float((got[key] - ref[key]).abs().max()) <= atol, key
+
+
+def test_torchscript_export_matches_eager(tiny_checkpoint, tmp_path):
+    path = export_torchscript(tiny_checkpoint, TINY_MODEL, tmp_path / "model.ts", (16, 16, 16))
+    ts = torch.jit.load(str(path))
+    x = torch.rand(1, 1, 24, 16, 20)  # another shape than the export example: scripted, not traced
+    with torch.no_grad():
+        _assert_close(ts(x), _eager(tiny_checkpoint)(x))
+
+
+def test_onnx_export_matches_eager_with_dynamic_axes_and_named_outputs(tmp_path):
+    torch.manual_seed(1)
+    ckpt = tmp_path / "stride2.pt"
+    torch.save({"model": build_network(STRIDE2).state_dict()}, ckpt)  # wrapped checkpoints load too
+    path = export_onnx(ckpt, STRIDE2, tmp_path / "model.onnx", (16, 16, 16))
+    onnx_model = OnnxModel(path)
+    assert [o.name for o in onnx_model.session.get_outputs()] == list(OUTPUT_KEYS)
+    x = torch.rand(1, 1, 16, 32, 24)
+    with torch.no_grad():
+        ref = _eager(ckpt, STRIDE2)(x)
+    _assert_close(onnx_model(x), ref)
+    assert ref["heatmap"].shape[2:] == (8, 16, 12)
+
+
+def test_checkpoint_that_does_not_fit_the_model_config_names_the_file(tiny_checkpoint):
+    with pytest.raises(ValueError, match=r"model\.pt.*do not match"):
+        load_model(tiny_checkpoint, {**TINY_MODEL, "base_filters": 8})
+
+
+def _args(add, argv):
+    parser = argparse.ArgumentParser()
+    add(parser)
+    return parser.parse_args(argv)
+
+
+def test_export_command_exit_codes(tiny_checkpoint, tiny_config, tmp_path):
+    cfg = str(tiny_config())
+    ok = _args(
+        add_export_arguments,
+        [
+            "--checkpoint",
+            str(tiny_checkpoint),
+            "--format",
+            "torchscript",
+            "--output",
+            str(tmp_path / "m.ts"),
+            "--config",
+            cfg,
+            "--patch-size",
+            "16",
+            "16",
+            "16",
+        ],
+    )
+    assert run_export(ok) == 0 and (tmp_path / "m.ts").is_file()
+    missing = _args(
+        add_export_arguments,
+        [
+            "--checkpoint",
+            str(tmp_path / "none.pt"),
+            "--format",
+            "onnx",
+            "--output",
+            str(tmp_path / "m.onnx"),
+            "--config",
+            cfg,
+        ],
+    )
+    assert run_export(missing) == 2
+
+
+def test_infer_with_the_exported_torchscript_gives_the_checkpoint_candidates(
+    make_raw_dataset, tiny_checkpoint, tiny_config, tmp_path
+):
+    root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
+    cfg = str(tiny_config(score_threshold=0.0))
+    ts_path = export_torchscript(tiny_checkpoint, TINY_MODEL, tmp_path / "model.ts", (32, 32, 32))
+    outputs = {}
+    for name, source in (("ckpt", ["--checkpoint", str(tiny_checkpoint)]), ("ts", ["--model", str(ts_path)])):
+        args = _args(
+            add_infer_arguments,
+            [*source, "--input", str(root), "--output", str(tmp_path / name), "--config", cfg, "--device", "cpu"],
+        )
+        assert run_infer(args) == 0
+        outputs[name] = read_submission_csv(tmp_path / name / "candidates.csv")
+    assert outputs["ckpt"].keys() == outputs["ts"].keys()
+    for uid, ref in outputs["ckpt"].items():
+        got = outputs["ts"][uid]
+        assert len(ref) > 10 and len(got) == len(ref)
+        np.testing.assert_allclose(got.world, ref.world, atol=1e-4)
+        np.testing.assert_allclose(got.probability, ref.probability, atol=1e-6)
+        np.testing.assert_allclose(got.diameter_mm, ref.diameter_mm, atol=1e-4)
+
+
+def test_monai_ckpt_export_scripts_the_dict_network(tiny_checkpoint, tmp_path):
+    from monai.bundle import ckpt_export
+
+    path = tmp_path / "bundle_model.ts"
+    ckpt_export(
+        "network_def",
+        filepath=str(path),
+        ckpt_file=str(tiny_checkpoint),
+        meta_file=str(REPO_ROOT / "bundle/configs/metadata.json"),
+        config_file=str(REPO_ROOT / "bundle/configs/inference.yaml"),
+        **{"model#base_filters": 4, "model#depth": 2},
+    )
+    extra = {"metadata.json": "", "inference.json": ""}
+    ts = torch.jit.load(str(path), _extra_files=extra)
+    assert b"PIVOT" in extra["metadata.json"] and b"network_def" in extra["inference.json"]
+    x = torch.rand(1, 1, 16, 16, 16)
+    with torch.no_grad():
+        _assert_close(ts(x), _eager(tiny_checkpoint)(x))
+
+
+@pytest.mark.slow
+def test_default_size_detector_exports_and_infers_identically_with_tta(make_raw_dataset, tmp_path):
+    root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
+    torch.manual_seed(0)
+    net = build_network({})
+    with torch.no_grad():  # spread the random heatmap over [0, 1] so peaks are distinct (no near-ties in the ranking)
+        net.heatmap_head.output.weight.mul_(200.0)
+    ckpt = tmp_path / "default.pt"
+    torch.save(net.state_dict(), ckpt)
+    onnx_path = export_onnx(ckpt, {}, tmp_path / "default.onnx", (64, 64, 64))
+    ts_path = export_torchscript(ckpt, {}, tmp_path / "default.ts", (64, 64, 64))
+    inference = {"score_threshold": 0.0, "tta": {"enabled": True, "num_augmentations": 4}}
+    results = {}
+    for name, model in (("ckpt", ckpt), ("onnx", onnx_path), ("ts", ts_path)):
+        report = infer_scans(root, tmp_path / name, model, inference=inference, device="cpu")
+        assert not report["failed"] and report["settings"]["tta"][:2] == ["identity", "flip_x"]
+        results[name] = read_submission_csv(tmp_path / name / "candidates.csv")
+    for name in ("onnx", "ts"):
+        for uid, ref in results["ckpt"].items():
+            got = results[name][uid]
+            assert len(got) == len(ref) == 100
+            np.testing.assert_allclose(got.probability, ref.probability, atol=1e-5)
+            np.testing.assert_allclose(got.world, ref.world, atol=1e-2)  # refinement amplifies 1e-6
