@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
 # Threads per process; 2-core machine by default.
 export OMP_NUM_THREADS ?= 2
+# Idle OpenMP threads sleep instead of spinning: on a 2-core machine with a DataLoader worker, spinning threads
+# oversubscribe the cores and make training steps 2-15x slower and erratic (measured; see benchmarks/README.md).
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv demo test test-slow bench lint clean
 

@@ -54,6 +54,10 @@ def setup(parallel_mode: str = "none", device_type: str = "cuda") -> bool:
         )
     backend = "nccl" if (str(device_type) == "cuda" and torch.cuda.is_available()) else "gloo"
     dist.init_process_group(backend=backend)
+    if dist.get_rank() != 0:  # rank 0 alone logs; the others report warnings and errors only
+        logging.getLogger().setLevel(logging.WARNING)
+        for name in ("ignite", "monai", "pivot_monai"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     logger.info(
         "DDP: rank %d/%d (local rank %s), backend %s",
         dist.get_rank(),
@@ -106,7 +110,9 @@ def wrap_network(
         if not dist.is_initialized():
             setup("ddp", device.type)
         ids = [device.index] if device.type == "cuda" else None
-        return torch.nn.parallel.DistributedDataParallel(network, device_ids=ids)
+        # find_unused_parameters: a head whose loss weight is 0, or an encoder frozen for transfer learning, gets no
+        # gradient; without it DDP would fail at the first step. The extra graph traversal is cheap next to 3D convs.
+        return torch.nn.parallel.DistributedDataParallel(network, device_ids=ids, find_unused_parameters=True)
     if mode == "dp":
         if device.type != "cuda":
             raise ValueError("device.parallel_mode: dp (DataParallel) needs CUDA GPUs; use ddp (gloo) on CPU")

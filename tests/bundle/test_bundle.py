@@ -8,8 +8,7 @@ import sys
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from tests.bundle.conftest import TINY_OVERRIDES
-from tests.conftest import REPO_ROOT, SHARED_DIR
+from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_OVERRIDES
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 SCHEMA = SHARED_DIR / "monai" / "meta_schema_20240725.json"

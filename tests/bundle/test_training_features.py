@@ -6,8 +6,7 @@ import pytest
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from tests.bundle.conftest import TINY_OVERRIDES
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 

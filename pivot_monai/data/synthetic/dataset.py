@@ -1,0 +1,255 @@
+"""Generate synthetic scans and write them as a LUNA16-layout dataset.
+
+Layout written by :func:`generate_dataset`::
+
+    output_dir/
+      subset0/<seriesuid>.mhd + .raw     int16 HU, written by SimpleITK
+      annotations.csv                     seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy
+      annotations_excluded.csv            seriesuid,coordX,coordY,coordZ,diameter_mm (1.5-3 mm findings)
+      seriesuids.csv                      header "seriesuid", one uid per line
+      synthetic_findings.json             per-scan summary incl. nodule type and placement (not part of LUNA16)
+
+Scan ``i`` of seed ``s`` draws from ``numpy.random.SeedSequence(s, spawn_key=(i,))``: the same seed gives
+byte-identical files, and a scan does not depend on how many others are generated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pivot_monai.data.annotations import Nodule, write_annotations
+from pivot_monai.data.geometry import Geometry
+from pivot_monai.data.io import write_image
+from pivot_monai.data.synthetic.anatomy import render_anatomy
+from pivot_monai.data.synthetic.chest_sampling import sample_chest_model
+from pivot_monai.data.synthetic.nodules import render_nodule, sample_findings
+from pivot_monai.data.synthetic.placement import place_findings
+from pivot_monai.data.synthetic.scanner import PRESETS, apply_scanner, orient, sample_grid, signed_permutation
+from pivot_monai.data.synthetic.vessels import draw_trees, grow_trees
+
+__all__ = ["SyntheticScan", "generate_dataset", "generate_scan", "make_seriesuid", "scan_rng", "synthesize_scan"]
+
+logger = logging.getLogger(__name__)
+
+LIDC_UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
+FINDINGS_NAME = "synthetic_findings.json"
+
+
+@dataclass
+class SyntheticScan:
+    """One generated scan with its ground truth.
+
+    Attributes:
+        array: (X, Y, Z) int16 HU, indexed as ``geometry`` says.
+        geometry: origin / spacing / direction / size in LPS world mm.
+        nodules: annotated nodules (world centre, nominal diameter, malignancy).
+        excluded: 1.5-3 mm findings for ``annotations_excluded.csv`` (no malignancy).
+        findings: one dict per finding: kind, placement, diameter_mm, world, malignancy, excluded.
+        lung_mask: (X, Y, Z) bool anatomical lung mask, indexed like ``array``.
+        info: acquisition parameters (thickness, blur, noise) and timing.
+    """
+
+    array: np.ndarray
+    geometry: Geometry
+    nodules: list[Nodule]
+    excluded: list[Nodule]
+    findings: list[dict[str, Any]]
+    lung_mask: np.ndarray
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def scan_rng(seed: int, index: int) -> np.random.Generator:
+    """Generator of scan ``index`` of dataset ``seed``, independent of the number of scans generated."""
+    return np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(int(index),)))
+
+
+def make_seriesuid(seed: int, index: int) -> str:
+    """A LIDC-looking, deterministic seriesuid: the LIDC prefix and 30 digits derived from ``(seed, index)``."""
+    state = np.random.SeedSequence(int(seed), spawn_key=(int(index), 0x51D)).generate_state(4, dtype=np.uint64)
+    value = 0
+    for word in state:
+        value = (value << 64) | int(word)
+    return f"{LIDC_UID_PREFIX}{10**29 + value % (9 * 10**29)}"
+
+
+def _as_rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> np.random.Generator:
+    if isinstance(rng_or_seed, np.random.Generator):
+        return rng_or_seed
+    if isinstance(rng_or_seed, (int, np.integer, np.random.SeedSequence)):
+        return np.random.default_rng(rng_or_seed)
+    raise TypeError(f"expected a numpy Generator, SeedSequence or int seed, got {type(rng_or_seed).__name__}")
+
+
+def synthesize_scan(
+    rng_or_seed: np.random.Generator | int,
+    size: str = "small",
+    *,
+    direction: np.ndarray | None = None,
+    seriesuid: str = "synthetic",
+) -> SyntheticScan:
+    """Generate one chest CT with its findings (no disk I/O).
+
+    Args:
+        rng_or_seed: a numpy ``Generator`` (consumed) or an integer seed.
+        size: acquisition preset, ``"small"`` or ``"fullsize"`` (see :mod:`~pivot_monai.data.synthetic.scanner`).
+        direction: 3x3 direction matrix (columns are index axes), axis-aligned, e.g. ``diag(1, 1, -1)`` for a
+            z-flipped scan; None means identity.
+        seriesuid: uid stored in the returned :class:`~pivot_monai.data.annotations.Nodule` objects.
+
+    Returns:
+        A :class:`SyntheticScan`.
+
+    Raises:
+        ValueError: unknown ``size`` or an oblique ``direction``.
+    """
+    if size not in PRESETS:
+        raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
+    if direction is not None:
+        signed_permutation(direction)  # fail before rendering on an oblique direction
+    start = time.perf_counter()
+    rng = _as_rng(rng_or_seed)
+    preset = PRESETS[size]
+    model = sample_chest_model(rng)
+    grid, world_origin = sample_grid(rng, preset, model)
+    hu, lung = render_anatomy(model, grid, rng)
+    trees = grow_trees(rng, model, preset.trees)
+    draw_trees(hu, grid, trees)
+    specs = place_findings(rng, sample_findings(rng), model, grid, lung, trees.vessels)
+    for spec in specs:
+        render_nodule(hu, grid, spec)
+    psf_mm, noise_hu = float(rng.uniform(0.45, 0.9)), float(rng.uniform(10.0, 30.0))
+    array = apply_scanner(hu, grid, rng, psf_mm, noise_hu)
+    del hu
+    array, geometry = orient(array, world_origin, grid.spacing, direction)
+    lung_mask, _ = orient(lung, world_origin, grid.spacing, direction)
+    shift = world_origin - grid.origin
+    nodules, excluded, findings = [], [], []
+    for spec in specs:
+        world = tuple(float(v) for v in spec.centre + shift)
+        target = excluded if spec.excluded else nodules
+        target.append(Nodule(seriesuid, world, round(spec.diameter, 4), spec.malignancy))
+        findings.append(
+            {
+                "kind": spec.kind,
+                "placement": spec.placement,
+                "diameter_mm": round(spec.diameter, 4),
+                "world": list(world),
+                "malignancy": spec.malignancy,
+                "excluded": spec.excluded,
+                "irregularity": round(spec.irregularity, 3),
+            }
+        )
+    info = {
+        "thickness_mm": grid.thickness,
+        "psf_mm": psf_mm,
+        "noise_hu": noise_hu,
+        "n_vessel_segments": len(trees.vessels),
+        "seconds": time.perf_counter() - start,
+    }
+    return SyntheticScan(array, geometry, nodules, excluded, findings, lung_mask, info)
+
+
+def generate_scan(
+    rng_or_seed: np.random.Generator | int,
+    size: str = "small",
+    *,
+    direction: np.ndarray | None = None,
+    seriesuid: str = "synthetic",
+) -> tuple[np.ndarray, Geometry, list[Nodule], list[Nodule]]:
+    """Generate one chest CT: ``(array_int16_xyz, geometry, nodules, excluded_findings)``.
+
+    A thin wrapper over :func:`synthesize_scan` (same arguments), which also returns finding types and the lung
+    mask.
+
+    Example:
+        >>> array, geometry, nodules, excluded = generate_scan(0, "small")
+        >>> array.dtype, len(geometry.size)
+        (dtype('int16'), 3)
+    """
+    scan = synthesize_scan(rng_or_seed, size, direction=direction, seriesuid=seriesuid)
+    return scan.array, scan.geometry, scan.nodules, scan.excluded
+
+
+def generate_dataset(
+    output_dir: str | Path,
+    num_scans: int,
+    seed: int = 0,
+    size: str = "small",
+    subset: str = "subset0",
+    *,
+    direction: np.ndarray | None = None,
+    preview: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Write ``num_scans`` synthetic scans as a LUNA16-layout dataset (see module docstring).
+
+    Args:
+        output_dir: dataset root; created if needed. Existing files of the same names are overwritten.
+        num_scans: number of scans (>= 1).
+        seed: dataset seed; scan ``i`` uses ``SeedSequence(seed, spawn_key=(i,))``.
+        size: ``"small"`` (fast, ~2.3 mm voxels) or ``"fullsize"`` (512 x 512).
+        subset: folder name for the scans, as in LUNA16's ``subset0``..``subset9``.
+        direction: optional axis-aligned direction matrix for every scan (default identity).
+        preview: optional PNG path; renders axial/coronal/sagittal views of the first annotated nodule.
+
+    Returns:
+        One dict per scan: ``uid``, ``path``, ``shape``, ``spacing``, ``origin``, ``n_nodules``, ``n_excluded``,
+        ``findings`` and ``seconds``.
+
+    Raises:
+        ValueError: ``num_scans < 1`` or unknown ``size``.
+    """
+    if int(num_scans) < 1:
+        raise ValueError(f"num_scans must be at least 1, got {num_scans}")
+    if size not in PRESETS:
+        raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
+    root = Path(output_dir)
+    (root / subset).mkdir(parents=True, exist_ok=True)
+    summary: list[dict[str, Any]] = []
+    all_nodules: list[Nodule] = []
+    all_excluded: list[Nodule] = []
+    for index in range(int(num_scans)):
+        uid = make_seriesuid(seed, index)
+        scan = synthesize_scan(scan_rng(seed, index), size, direction=direction, seriesuid=uid)
+        path = write_image(scan.array, scan.geometry, root / subset / f"{uid}.mhd")
+        all_nodules += scan.nodules
+        all_excluded += scan.excluded
+        summary.append(
+            {
+                "uid": uid,
+                "path": str(path),
+                "shape": list(scan.array.shape),
+                "spacing": [round(float(s), 6) for s in scan.geometry.spacing],
+                "origin": [round(float(o), 6) for o in scan.geometry.origin],
+                "n_nodules": len(scan.nodules),
+                "n_excluded": len(scan.excluded),
+                "findings": scan.findings,
+                "seconds": round(scan.info["seconds"], 3),
+            }
+        )
+        logger.info(
+            "scan %d/%d %s: shape %s, spacing %s, %d nodule(s), %.1f s",
+            index + 1,
+            num_scans,
+            uid,
+            scan.array.shape,
+            np.round(scan.geometry.spacing, 3).tolist(),
+            len(scan.nodules),
+            scan.info["seconds"],
+        )
+    write_annotations(root / "annotations.csv", all_nodules)
+    write_annotations(root / "annotations_excluded.csv", all_excluded, with_malignancy=False)
+    (root / "seriesuids.csv").write_text("seriesuid\n" + "".join(f"{s['uid']}\n" for s in summary))
+    stable = [{k: v for k, v in s.items() if k not in ("seconds", "path")} for s in summary]
+    (root / FINDINGS_NAME).write_text(json.dumps(stable, indent=1) + "\n")
+    if preview is not None:
+        from pivot_monai.data.synthetic.preview import render_preview
+
+        render_preview(root, preview)
+    return summary
