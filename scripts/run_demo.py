@@ -9,6 +9,7 @@ Synthesis is skipped when its output exists and preprocessing resumes, so an int
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import subprocess
 import sys
@@ -62,11 +63,41 @@ def run(work_dir: Path, num_scans: int, seed: int) -> int:
     code = train(processed)
     if code:
         return code
+    return infer_and_evaluate(work_dir, processed, config)
+
+
+def infer_and_evaluate(
+    work_dir: Path, processed: Path, config: list[str], checkpoint: Path = Path("bundle/models/model.pt")
+) -> int:
+    """Infer on the raw test scans, evaluate on the held-out test split and report the CPM."""
+    results = work_dir / "results"
+    test_raw = sorted(json.loads(m.read_text())["source"] for m in (processed / "test").glob("*/meta.json"))
+    infer_args = ["infer", "--checkpoint", str(checkpoint), "--input", *test_raw, "--output", str(results / "infer")]
+    code = pivot([*infer_args, "--save-previews", *config])
+    if code:
+        logger.error("[demo] inference failed with exit code %d", code)
+        return code
+    eval_args = ["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(processed / "test")]
+    code = pivot([*eval_args, "--output-dir", str(results / "eval"), *config])
+    if code:
+        logger.error("[demo] evaluation failed with exit code %d", code)
+        return code
+    metrics = json.loads((results / "eval" / "metrics.json").read_text())
     logger.info(
-        "[demo] done: raw data in %s, processed splits in %s, preview %s, model bundle/models/model.pt",
-        raw,
-        processed,
-        work_dir / "preview.png",
+        "[demo] held-out test split: CPM %.3f (%s nodules in %s scans); sensitivity@1FP %s, size MAE %s mm",
+        metrics.get("cpm") or float("nan"),
+        metrics.get("n_nodules"),
+        metrics.get("n_scans"),
+        metrics.get("sensitivity@1"),
+        metrics.get("size_mae_mm"),
+    )
+    logger.info(
+        "[demo] outputs: model %s, candidates %s, metrics %s, FROC plot %s, previews %s",
+        checkpoint,
+        results / "infer" / "candidates.csv",
+        results / "eval" / "metrics.json",
+        results / "eval" / "froc.png",
+        results / "infer" / "previews",
     )
     return 0
 
@@ -100,5 +131,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    from pivot_monai.cli import setup_logging
+
+    setup_logging()
     args = parse_args()
     sys.exit(run(args.work_dir, args.num_scans, args.seed))
