@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pivot_monai.handlers.gradients import GradientClipHandler
+from pivot_monai.handlers.nonfinite import NonFiniteGuard
 from pivot_monai.handlers.telemetry import TrainingTelemetryHandler, peak_rss_mb
 from pivot_monai.handlers.validation import (
     attach_optional,
@@ -16,6 +17,7 @@ from pivot_monai.handlers.wandb import WandbHandler, make_wandb_handler
 
 __all__ = [
     "GradientClipHandler",
+    "NonFiniteGuard",
     "TrainingTelemetryHandler",
     "WandbHandler",
     "attach_optional",
