@@ -1,0 +1,180 @@
+"""NoduleCropSamplerd and StagedCenterSpatialCropd: crop counts, centres, curriculum, stages and worker processes."""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+from monai.data import DataLoader, Dataset
+
+from pivot_monai.transforms.hard_negatives import HardNegativePool
+from pivot_monai.transforms.sampling import (
+    NoduleCropSamplerd,
+    StagedCenterSpatialCropd,
+    crop_ratios,
+    stochastic_round,
+)
+from pivot_monai.transforms.stages import Stage, StageState
+
+SHAPE = (40, 36, 30)
+BIG, SMALL = 1, 2  # label ids: a 4-voxel-wide (8 mm) and a 2-voxel-wide (3 mm) nodule
+
+
+def _volume(with_nodules: bool = True) -> dict:
+    """Image whose voxel values encode their flat index, an instance label and per-id diameters."""
+    label = np.zeros((1, *SHAPE), dtype=np.float32)
+    if with_nodules:
+        label[0, 10:14, 10:14, 10:14] = BIG
+        label[0, 28:30, 24:26, 18:20] = SMALL
+    image = torch.arange(np.prod(SHAPE), dtype=torch.float32).reshape(1, *SHAPE)
+    return {
+        "image": image,
+        "label": torch.as_tensor(label),
+        "seriesuid": "scan-a",
+        "nodule_diameters": np.array([0.0, 8.0, 3.0], dtype=np.float32),
+    }
+
+
+def _sampler(**kwargs) -> NoduleCropSamplerd:
+    kwargs = {"keys": ["image", "label"], "spatial_size": (8, 8, 8), "num_samples": 4, **kwargs}
+    sampler = NoduleCropSamplerd(**kwargs)
+    sampler.set_random_state(0)
+    return sampler
+
+
+def _centre_value(crop: dict) -> int:
+    """Flat index of the input voxel at the crop centre (the image encodes indices)."""
+    size = crop["image"].shape[1:]
+    return int(crop["image"][(0, *[s // 2 for s in size])])
+
+
+def test_integer_expectations_give_exact_counts():
+    pool = HardNegativePool(pool_size=4)
+    pool.update("scan-a", [((30, 5, 5), 0.9), ((5, 30, 25), 0.8)])
+    sampler = _sampler(num_samples=8, pos=1, neg=3, hard_ratio=0.5, pool=pool)
+    for _ in range(20):
+        kinds = collections.Counter(k for k, _ in sampler.plan(_volume()["label"][0].numpy(), None, "scan-a"))
+        assert kinds == {"positive": 2, "hard_negative": 3, "negative": 3}
+
+
+def test_fractional_expectations_are_met_on_average():
+    pool = HardNegativePool(pool_size=4)
+    pool.update("scan-a", [((30, 5, 5), 0.9)])
+    sampler = _sampler(num_samples=2, pos=1, neg=3, hard_ratio=0.5, pool=pool)
+    label = _volume()["label"][0].numpy()
+    kinds = collections.Counter(k for _ in range(2000) for k, _ in sampler.plan(label, None, "scan-a"))
+    assert kinds["positive"] / 4000 == pytest.approx(0.25, abs=0.03)
+    assert kinds["hard_negative"] / (kinds["hard_negative"] + kinds["negative"]) == pytest.approx(0.5, abs=0.04)
+
+
+def test_empty_pool_draws_like_rand_crop_by_pos_neg_label():
+    sampler = _sampler(num_samples=1, pos=1, neg=2, hard_ratio=0.5, pool=HardNegativePool())
+    label = _volume()["label"][0].numpy()
+    kinds = collections.Counter(k for _ in range(1500) for k, _ in sampler.plan(label, None, "scan-a"))
+    assert set(kinds) == {"positive", "negative"}  # no hard negatives without pooled entries for the scan
+    assert kinds["positive"] / 1500 == pytest.approx(1 / 3, abs=0.04)
+
+
+def test_crops_are_centred_on_nodules_hard_negatives_and_background():
+    pool = HardNegativePool()
+    pool.update("scan-a", [((30, 6, 7), 0.9)])
+    sampler = _sampler(num_samples=8, pos=1, neg=1, hard_ratio=1.0, pool=pool)
+    data = _volume()
+    label = data["label"][0].numpy()
+    for _ in range(10):
+        for crop in sampler(data):
+            centre = np.unravel_index(_centre_value(crop), SHAPE)
+            assert tuple(crop["crop_center"]) == centre
+            assert crop["image"].shape == (1, 8, 8, 8) and crop["label"].shape == (1, 8, 8, 8)
+            if crop["crop_kind"] == "positive":
+                assert label[centre] > 0
+            elif crop["crop_kind"] == "hard_negative":
+                assert centre == (30, 6, 7)
+            else:
+                assert label[centre] == 0
+
+
+def test_nodule_free_volume_gives_only_negatives():
+    sampler = _sampler(num_samples=6, pos=3, neg=1)
+    crops = sampler(_volume(with_nodules=False))
+    assert len(crops) == 6 and {c["crop_kind"] for c in crops} == {"negative"}
+
+
+def test_min_diameter_keeps_small_nodules_out_of_positive_crops():
+    state = StageState()
+    sampler = _sampler(num_samples=4, pos=1, neg=0, stage=state)
+    label = _volume()["label"][0].numpy()
+    diameters = _volume()["nodule_diameters"]
+    ids = {int(label[c]) for _ in range(300) for _, c in sampler.plan(label, diameters)}
+    assert ids == {BIG, SMALL}
+    state.apply(Stage(min_diameter=5.0))
+    ids = {int(label[c]) for _ in range(300) for _, c in sampler.plan(label, diameters)}
+    assert ids == {BIG}
+    state.apply(Stage(min_diameter=10.0))  # no eligible nodule: every crop becomes a negative
+    assert {k for k, _ in sampler.plan(label, diameters)} == {"negative"}
+
+
+def test_static_min_diameter_without_a_stage():
+    sampler = _sampler(num_samples=4, pos=1, neg=0, min_diameter=5.0)
+    label, diameters = _volume()["label"][0].numpy(), _volume()["nodule_diameters"]
+    assert {int(label[c]) for _ in range(200) for _, c in sampler.plan(label, diameters)} == {BIG}
+
+
+def test_border_centres_move_inside_and_small_volumes_are_padded():
+    pool = HardNegativePool()
+    pool.update("scan-a", [((0, 0, 0), 0.9)])
+    crop = _sampler(num_samples=1, pos=0, neg=1, hard_ratio=1.0, pool=pool)(_volume())[0]
+    assert tuple(crop["crop_center"]) == (4, 4, 4) and crop["image"].shape == (1, 8, 8, 8)
+    big = _sampler(spatial_size=(48, 40, 32), num_samples=2)(_volume())
+    assert all(c["image"].shape == (1, 48, 40, 32) and c["label"].shape == (1, 48, 40, 32) for c in big)
+    assert all(float(c["label"].max()) > 0 for c in big)  # the whole volume is inside the padded crop
+
+
+def test_stage_patch_size_sets_crop_and_centre_crop_sizes():
+    state = StageState()
+    sampler = _sampler(stage=state, crop_margin=2)
+    centre = StagedCenterSpatialCropd(["image", "label"], roi_size=(4, 4, 4), stage=state)
+    crop = sampler(_volume())[0]
+    assert crop["image"].shape == (1, 8, 8, 8) and centre(crop)["image"].shape == (1, 4, 4, 4)
+    state.apply(Stage(patch_size=(12, 8, 16)))
+    crop = sampler(_volume())[0]
+    assert crop["image"].shape == (1, 16, 12, 20) and centre(crop)["image"].shape == (1, 12, 8, 16)
+
+
+def test_crop_ratios_follow_the_mining_switch():
+    assert crop_ratios([1, 1], {"enabled": False, "neg_pos_ratio": 3}) == (1.0, 1.0, 0.0)
+    assert crop_ratios([1, 1], {"enabled": True, "neg_pos_ratio": 3, "batch_hard_ratio": 0.25}) == (1.0, 3.0, 0.25)
+    with pytest.raises(ValueError, match="training.hard_negative_mining.batch_hard_ratio"):
+        crop_ratios([1, 1], {"enabled": True, "batch_hard_ratio": 1.5})
+    with pytest.raises(ValueError, match="data.pos_neg_ratio"):
+        crop_ratios([0, 0])
+
+
+def test_invalid_sampler_arguments_raise():
+    with pytest.raises(ValueError, match="samples_per_volume"):
+        _sampler(num_samples=0)
+    with pytest.raises(ValueError, match="hard_ratio"):
+        _sampler(hard_ratio=2.0)
+
+
+def test_stochastic_round_is_exact_for_integers():
+    rng = np.random.RandomState(0)
+    assert {stochastic_round(3.0, rng) for _ in range(50)} == {3}
+    assert np.mean([stochastic_round(0.3, rng) for _ in range(4000)]) == pytest.approx(0.3, abs=0.03)
+
+
+def test_persistent_workers_see_pool_updates_through_the_file(tmp_path):
+    pool = HardNegativePool(pool_size=2, path=tmp_path / "pool.json")
+    sampler = NoduleCropSamplerd(
+        ["image", "label"], spatial_size=(8, 8, 8), num_samples=4, pos=0, neg=1, hard_ratio=1.0, pool=pool
+    )
+    loader = DataLoader(Dataset([_volume()], transform=sampler), batch_size=1, num_workers=1, persistent_workers=True)
+    first = next(iter(loader))
+    pool.update("scan-a", [((20, 20, 20), 0.7)])
+    pool.publish()  # the worker started before this update; it reads the file
+    second = next(iter(loader))
+    assert set(first["crop_kind"]) == {"negative"}
+    assert set(second["crop_kind"]) == {"hard_negative"}
+    assert second["crop_center"].tolist() == [[20, 20, 20]] * 4
