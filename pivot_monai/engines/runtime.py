@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 
-__all__ = ["DEVICE_TYPES", "amp_dtype", "select_device", "use_amp"]
+__all__ = ["DEVICE_TYPES", "AutocastInferer", "amp_dtype", "select_device", "use_amp", "use_cpu_autocast"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,23 +58,60 @@ def select_device(
 
 
 def use_amp(device: torch.device, mixed_precision: bool, force_cpu: bool = False) -> bool:
-    """Whether to train with autocast: on for CUDA when requested; on CPU only when forced (bf16 is slow there)."""
+    """Whether MONAI's engines run CUDA AMP (autocast + GradScaler): only on CUDA and when requested.
+
+    On CPU the engines' AMP path (CUDA autocast and scaler) does not apply; :func:`use_cpu_autocast` decides about CPU
+    autocast instead, and this logs why AMP is off.
+    """
     if not mixed_precision:
         return False
     if device.type == "cuda":
         return True
-    if force_cpu:
+    if not force_cpu:
+        logger.info(
+            "mixed precision disabled on %s: bf16 autocast is slow on CPUs without native bf16 support "
+            "(set device.force_cpu_amp: true to force it)",
+            device.type,
+        )
+    return False
+
+
+def use_cpu_autocast(device: torch.device, mixed_precision: bool, force_cpu: bool) -> bool:
+    """Whether to run the network under CPU autocast: only when ``device.force_cpu_amp`` asks for it."""
+    if device.type == "cpu" and mixed_precision and force_cpu:
         logger.warning(
-            "device.mixed_precision on CPU forced (device.force_cpu_amp); bf16 autocast is slow on CPUs "
-            "without native bf16"
+            "device.force_cpu_amp: running the network under CPU autocast; bf16 is slow on CPUs without "
+            "native bf16 support"
         )
         return True
-    logger.info(
-        "mixed precision disabled on %s: bf16 autocast is slow on CPUs without native bf16 support "
-        "(set device.force_cpu_amp: true to force it)",
-        device.type,
-    )
     return False
+
+
+class AutocastInferer:
+    """Run another MONAI inferer under ``torch.autocast`` (used for forced CPU mixed precision).
+
+    Outputs are cast back to float32 so losses, metrics and decoding stay in full precision.
+
+    Args:
+        inferer: the wrapped inferer (e.g. ``SimpleInferer`` or ``SlidingWindowInferer``).
+        enabled: apply autocast. Default False (a transparent pass-through).
+        device_type: autocast device type. Default ``"cpu"``.
+        dtype: autocast dtype. Default ``torch.bfloat16``.
+    """
+
+    def __init__(
+        self, inferer: Any, enabled: bool = False, device_type: str = "cpu", dtype: torch.dtype = torch.bfloat16
+    ) -> None:
+        self.inferer, self.enabled, self.device_type, self.dtype = inferer, bool(enabled), device_type, dtype
+
+    def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.enabled:
+            return self.inferer(inputs, network, *args, **kwargs)
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            out = self.inferer(inputs, network, *args, **kwargs)
+        if isinstance(out, dict):
+            return {k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}
+        return out.float() if torch.is_tensor(out) else out
 
 
 def amp_dtype(name: str) -> torch.dtype:
