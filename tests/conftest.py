@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
@@ -137,3 +138,10 @@ def tiny_processed(tmp_path_factory):
     assert not report["failed"]
     create_splits(processed, 0.5, 0.25, 0.25, seed=0)
     return processed
+
+
+def bundle_overrides(pairs: list[str], **extra) -> dict:
+    """``{id: value}`` for ConfigWorkflow from ``["--id", "value", ...]`` CLI pairs (YAML literals) and ``extra``."""
+    out = {k.lstrip("-"): yaml.safe_load(v) for k, v in zip(pairs[::2], pairs[1::2])}
+    out.update(extra)
+    return out

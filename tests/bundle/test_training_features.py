@@ -6,17 +6,9 @@ import pytest
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from tests.conftest import REPO_ROOT, TINY_OVERRIDES
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES, bundle_overrides
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
-
-
-def _overrides(**extra):
-    pairs = dict(zip(TINY_OVERRIDES[::2], TINY_OVERRIDES[1::2]))
-    out = {k.lstrip("-"): eval(v) if v.startswith("[") else v for k, v in pairs.items()}  # noqa: S307 - literals
-    out = {k: (int(v) if isinstance(v, str) and v.isdigit() else v) for k, v in out.items()}
-    out.update(extra)
-    return out
 
 
 def _workflow(tiny_processed, tmp_path, **extra):
@@ -27,7 +19,7 @@ def _workflow(tiny_processed, tmp_path, **extra):
         run_id="training",
         dataset_dir=str(tiny_processed),
         bundle_root=str(tmp_path / "bundle"),
-        **_overrides(**extra),
+        **bundle_overrides(TINY_OVERRIDES, **extra),
     )
     wf.initialize()
     return wf

@@ -1,8 +1,7 @@
 """The training bundle with hard-negative mining, curriculum, progressive stages and encoder freezing switched on.
 
-Runs the wired ``train.yaml`` (see ``tests/handlers/feature_wiring.py``) layered with
-``bundle/configs/features_example.yaml`` on the tiny processed dataset, with small stages so that every switch
-happens within three epochs.
+Runs ``train.yaml`` layered with ``bundle/configs/features_example.yaml`` on the tiny processed dataset, with small
+stages so that every switch happens within three epochs.
 """
 
 from __future__ import annotations
@@ -11,8 +10,10 @@ import torch
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
-from tests.conftest import TINY_OVERRIDES
-from tests.handlers.feature_wiring import CONFIGS, FEATURES_EXAMPLE, bundle_overrides, wired_train_config
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES, bundle_overrides
+
+CONFIGS = REPO_ROOT / "bundle" / "configs"
+FEATURES_EXAMPLE = CONFIGS / "features_example.yaml"
 
 STAGES = {
     "training#curriculum#stages": [{"epochs": 1, "min_diameter": 12.0}, {"epochs": 2, "min_diameter": 0.0}],
@@ -32,7 +33,7 @@ FAST = {"validation#interval": 10, "inference#overlap": 0.0, "inference#sw_batch
 
 
 def _workflow(tiny_processed, tmp_path, features: bool = True, **extra):
-    files = [str(wired_train_config(tmp_path / "configs"))] + ([str(FEATURES_EXAMPLE)] if features else [])
+    files = [str(CONFIGS / "train.yaml")] + ([str(FEATURES_EXAMPLE)] if features else [])
     overrides = bundle_overrides(TINY_OVERRIDES, **{**(STAGES if features else {}), **FAST, **extra})
     wf = ConfigWorkflow(
         config_file=files,
