@@ -54,6 +54,11 @@ def setup(parallel_mode: str = "none", device_type: str = "cuda") -> bool:
         )
     backend = "nccl" if (str(device_type) == "cuda" and torch.cuda.is_available()) else "gloo"
     dist.init_process_group(backend=backend)
+    # ignite's idist sets up its own view of the group lazily with a collective (`new_group`) on its first use, e.g.
+    # inside CheckpointSaver -> DiskSaver, which only rank 0 builds: do it here, on every rank, or rank 0 deadlocks.
+    import ignite.distributed as idist
+
+    idist.sync()
     if dist.get_rank() != 0:  # rank 0 alone logs; the others report warnings and errors only
         logging.getLogger().setLevel(logging.WARNING)
         for name in ("ignite", "monai", "pivot_monai"):

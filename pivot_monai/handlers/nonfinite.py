@@ -47,7 +47,7 @@ class NonFiniteGuard:
     @staticmethod
     def _finite(engine: Engine) -> bool:
         loss = engine.state.output.get(CommonKeys.LOSS) if isinstance(engine.state.output, dict) else None
-        if loss is not None and not math.isfinite(float(loss)):
+        if loss is not None and not math.isfinite(float(loss.detach() if torch.is_tensor(loss) else loss)):
             return False
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():

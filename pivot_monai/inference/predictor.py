@@ -158,6 +158,7 @@ def load_model(
     model_cfg: Mapping[str, Any] | None = None,
     device: str | torch.device | None = None,
     network: nn.Module | None = None,
+    channels_last: bool = True,
 ) -> Callable[[torch.Tensor], Any]:
     """A callable detector from a checkpoint, TorchScript or ONNX file (by suffix), or a module as is.
 
@@ -166,6 +167,8 @@ def load_model(
         model_cfg: ``model`` config section used to build the network for a checkpoint. Default: the defaults.
         device: where to run it. Default CPU.
         network: an already built network to load a checkpoint into (instead of building one from ``model_cfg``).
+        channels_last: put a checkpoint-built network in ``channels_last_3d`` memory format (``device.channels_last``;
+            1.3-1.9x faster 3D convolutions on the CPUs measured in ``benchmarks/``). Default True.
 
     Returns:
         The model in eval mode on ``device``; called on a (B, 1, X, Y, Z) tensor it returns the dict (or tuple) of
@@ -192,7 +195,8 @@ def load_model(
         except RuntimeError as err:
             raise ValueError(f"{path}: not a TorchScript archive ({str(err).splitlines()[0][:200]})") from err
     net = network if network is not None else build_network(model_cfg)
-    return load_checkpoint(net, path).to(dev)
+    net = load_checkpoint(net, path).to(dev)
+    return net.to(memory_format=torch.channels_last_3d) if channels_last else net
 
 
 def _as_dict(out: Any, where: str = "network output") -> dict[str, torch.Tensor]:

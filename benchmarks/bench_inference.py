@@ -1,0 +1,262 @@
+"""End-to-end inference: raw ``.mhd`` to ``candidates.csv``, PIVOT's pipeline vs a plain MONAI sliding window.
+
+Per scan, each side runs in a fresh process (peak RSS per case), alternating, ``--repeats`` rounds; medians.
+
+* **pivot**: :func:`pivot_monai.inference.pipeline.infer_scans` with the config (default ``demo.yaml`` over
+  ``train.yaml``): read, lung crop + resample + HU window (:func:`~pivot_monai.data.preprocess.preprocess_image`),
+  Gaussian-blended sliding window, peak decoding, ``candidates.csv``.
+* **baseline**: the same network weights through ``monai.inferers.sliding_window_inference`` over the **whole**
+  volume resampled with SimpleITK to the same spacing (no lung crop), the same HU window, ``overlap=0.25`` and
+  MONAI's other defaults (constant blending), ``sw_batch_size`` from the config (MONAI has no default); then the same
+  :func:`~pivot_monai.inference.decode.decode_peaks` and ``candidates.csv``.
+* **pivot + TTA** (full mode, ``--no-tta`` skips): the pipeline with ``inference.tta`` on, one round.
+
+CPM of each side on the same scans against the generator's ``annotations.csv``
+(:func:`~pivot_monai.metrics.compute_froc`). Without a trained checkpoint (``make demo`` writes
+``bundle/models/model.pt``) seeded random weights are used: speed and memory hold, CPM means nothing.
+
+Usage::
+
+    python -m benchmarks.bench_inference [--checkpoint bundle/models/model.pt] [--config bundle/configs/demo.yaml]
+    python -m benchmarks.bench_inference --quick     # 1 small scan at 4 mm, 32^3 windows, 1 round
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import (
+    DEMO_CONFIG,
+    WORK_DIR,
+    CaseResult,
+    Row,
+    alternate,
+    ensure_raw_dataset,
+    format_table,
+    load_profile,
+    median,
+    resolve_checkpoint,
+    run_isolated,
+    setup_logging,
+    write_results,
+)
+
+__all__ = ["baseline_case", "main", "pivot_case"]
+
+logger = logging.getLogger(__name__)
+
+NAME = "inference"
+QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [32, 32, 32]}
+TARGET_SECONDS, TARGET_RSS_MB, TARGET_SPEEDUP = 30.0, 4096.0, 5.0
+
+
+def pivot_case(scan: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any], tta: bool) -> dict[str, Any]:
+    """PIVOT's default inference of one scan (runs in its own process); returns seconds, stages and candidates."""
+    from pivot_monai.inference.pipeline import CANDIDATES_NAME, infer_scans
+    from pivot_monai.metrics import ScanCandidates, read_submission_csv
+
+    start = time.perf_counter()
+    report = infer_scans(
+        [scan],
+        out_dir,
+        checkpoint,
+        data=sections["data"],
+        model_cfg=sections["model"],
+        inference=sections["inference"],
+        tta=tta,
+        raise_on_failure=True,
+    )
+    seconds = time.perf_counter() - start
+    (uid,) = report["ok"]
+    cands = read_submission_csv(Path(out_dir) / CANDIDATES_NAME).get(uid) or ScanCandidates(np.zeros((0, 3)), [])
+    return {"seconds": seconds, "stages": report["seconds"][uid], "uid": uid, "candidates": cands}
+
+
+def baseline_case(scan: str, uid: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any]) -> dict[str, Any]:
+    """Plain MONAI sliding window over the whole resampled scan (runs in its own process); same outputs."""
+    import SimpleITK as sitk
+    import torch
+    from monai.inferers import sliding_window_inference
+
+    from pivot_monai.data.geometry import Geometry
+    from pivot_monai.inference.decode import DecodeSettings, decode_peaks, output_to_input_index
+    from pivot_monai.inference.predictor import load_model
+    from pivot_monai.metrics import ScanCandidates, write_submission_csv
+
+    data, inference = sections["data"], sections["inference"]
+    start = time.perf_counter()
+    net = load_model(checkpoint, sections["model"])
+    raw = sitk.ReadImage(scan, sitk.sitkFloat32)
+    grid = Geometry.from_sitk(raw).resampled(tuple(float(s) for s in data["target_spacing"]))
+    image = sitk.Resample(
+        raw,
+        [int(v) for v in grid.size],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        [float(v) for v in grid.origin],
+        [float(v) for v in grid.spacing],
+        [float(v) for v in grid.direction.reshape(-1)],
+        -1000.0,
+        sitk.sitkFloat32,
+    )
+    lo, hi = (float(v) for v in data["hu_window"])
+    hu = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    x = torch.from_numpy(np.ascontiguousarray((np.clip(hu, lo, hi) - lo) / (hi - lo), dtype=np.float32))[None, None]
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)
+        out = sliding_window_inference(
+            x, roi_size=list(data["patch_size"]), sw_batch_size=int(inference["sw_batch_size"]), predictor=net
+        )
+    stride = int(round(x.shape[2] / out["heatmap"].shape[2]))
+    decoded = decode_peaks(
+        out["heatmap"],
+        out["diameter"],
+        out["malignancy"],
+        DecodeSettings.from_config(inference),
+        tuple(grid.spacing * stride),
+    )
+    world = grid.index_to_world(output_to_input_index(decoded["index"], stride).reshape(-1, 3)).reshape(-1, 3)
+    cands = ScanCandidates(
+        world, np.clip(decoded["score"], 0, 1), decoded["diameter_mm"], np.clip(decoded["malignancy"], 0, 1)
+    )
+    write_submission_csv(Path(out_dir) / "candidates.csv", {uid: cands})
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "uid": uid, "candidates": cands, "volume": list(x.shape[2:])}
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1 small scan at 4 mm with 32^3 windows, 1 round, no TTA")
+    p.add_argument("--checkpoint", type=Path, default=None, help="model.pt (default bundle/models/model.pt)")
+    p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="profile layered over train.yaml")
+    p.add_argument("--scans", type=int, default=3, help="fullsize scans")
+    p.add_argument("--seed", type=int, default=1000, help="synthetic dataset seed (held out from training)")
+    p.add_argument("--repeats", type=int, default=3, help="alternating rounds per scan")
+    p.add_argument("--threads", type=int, default=None, help="torch threads in each case (default OMP_NUM_THREADS)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None, help="also time TTA (full: on)")
+    return p.parse_args(argv)
+
+
+def _froc(results: Mapping[str, Sequence[CaseResult]], raw_dir: Path, uids: Sequence[str]) -> Any:
+    from pivot_monai.data.raw_dataset import discover_raw_dataset
+    from pivot_monai.metrics import compute_froc
+
+    raw = discover_raw_dataset(raw_dir)
+    cands = {u: results[u][0].value["candidates"] for u in uids}
+    return compute_froc(cands, raw.annotations, list(uids), raw.excluded)
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    """Run the benchmark, write ``benchmarks/results/inference.json`` and return the table rows."""
+    args = parse_args(argv)
+    size, scans, repeats = ("small", 1, 1) if args.quick else ("fullsize", args.scans, args.repeats)
+    tta = (not args.quick) if args.tta is None else args.tta
+    sections = load_profile(args.config, QUICK_OVERRIDES if args.quick else None)
+    checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"])
+    raw_dir = ensure_raw_dataset(size, scans, args.seed)
+    scan_paths = {p.name[: -len(".mhd")]: str(p) for p in sorted((raw_dir / "subset0").glob("*.mhd"))}
+    out = WORK_DIR / f"infer_bench_{size}"
+    per: dict[str, dict[str, list[CaseResult]]] = {"pivot": {}, "baseline": {}, "pivot_tta": {}}
+    kw = {"threads": args.threads}
+    for uid, scan in scan_paths.items():
+        cases = {
+            "pivot": partial(
+                run_isolated, pivot_case, scan, str(out / "pivot" / uid), str(checkpoint), sections, False, **kw
+            ),
+            "baseline": partial(
+                run_isolated, baseline_case, scan, uid, str(out / "baseline" / uid), str(checkpoint), sections, **kw
+            ),
+        }
+        for name, results in alternate(cases, repeats).items():
+            per[name][uid] = results
+        if tta:
+            per["pivot_tta"][uid] = [
+                run_isolated(pivot_case, scan, str(out / "tta" / uid), str(checkpoint), sections, True, **kw)
+            ]
+        logger.info(
+            "%s: pivot %.1f s / %.0f MB, baseline %.1f s / %.0f MB%s",
+            uid[-12:],
+            median([r.value["seconds"] for r in per["pivot"][uid]]),
+            max(r.peak_rss_mb for r in per["pivot"][uid]),
+            median([r.value["seconds"] for r in per["baseline"][uid]]),
+            max(r.peak_rss_mb for r in per["baseline"][uid]),
+            f", TTA {per['pivot_tta'][uid][0].value['seconds']:.1f} s" if tta else "",
+        )
+    uids = list(scan_paths)
+    summary: dict[str, dict[str, Any]] = {}
+    for name, by_uid in per.items():
+        if not by_uid:
+            continue
+        froc = _froc(by_uid, raw_dir, uids)
+        summary[name] = {
+            "seconds_per_scan": float(np.mean([median([r.value["seconds"] for r in by_uid[u]]) for u in uids])),
+            "peak_rss_mb": max(r.peak_rss_mb for u in uids for r in by_uid[u]),
+            "cpm": froc.cpm,
+            "sensitivities": froc.sensitivities.tolist(),
+            "n_nodules": froc.n_nodules,
+            "scans": {
+                u: {
+                    "seconds": [r.value["seconds"] for r in by_uid[u]],
+                    "peak_rss_mb": [r.peak_rss_mb for r in by_uid[u]],
+                    "n_candidates": len(by_uid[u][0].value["candidates"]),
+                    **{k: by_uid[u][0].value[k] for k in ("stages", "volume") if k in by_uid[u][0].value},
+                }
+                for u in uids
+            },
+        }
+    rows = _rows(summary, size, args.quick, trained)
+    settings = {
+        "quick": args.quick,
+        "size": size,
+        "scans": scans,
+        "seed": args.seed,
+        "repeats": repeats,
+        "config": str(args.config),
+        "overrides": QUICK_OVERRIDES if args.quick else {},
+        "checkpoint": str(checkpoint),
+        "trained": trained,
+        "threads": args.threads,
+        "data": sections["data"],
+        "model": sections["model"],
+        "inference": sections["inference"],
+    }
+    write_results(NAME, rows, summary, settings)
+    return rows
+
+
+def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trained: bool) -> list[Row]:
+    a, b = summary["pivot"], summary["baseline"]
+    tag = " [small scan, 4 mm: quick]" if quick else f" [{size}]"
+    cpm = "CPM" if trained else "CPM [random weights]"
+    rows = [
+        Row(NAME, f"s/scan .mhd->candidates.csv{tag}", a["seconds_per_scan"], b["seconds_per_scan"],
+            "" if quick else f"<= {TARGET_SECONDS:g}"),
+        Row(NAME, "speed-up vs plain MONAI sliding window (x)", b["seconds_per_scan"] / a["seconds_per_scan"],
+            target="" if quick else f">= {TARGET_SPEEDUP:g}"),
+        Row(NAME, f"peak RSS MB{tag}", a["peak_rss_mb"], b["peak_rss_mb"], "" if quick else f"<= {TARGET_RSS_MB:g}"),
+        Row(NAME, cpm, a["cpm"], b["cpm"], ">= baseline" if trained and not quick else ""),
+    ]  # fmt: skip
+    if "pivot_tta" in summary:
+        t = summary["pivot_tta"]
+        rows += [
+            Row(NAME, f"TTA s/scan (baseline: no TTA){tag}", t["seconds_per_scan"], a["seconds_per_scan"]),
+            Row(NAME, "TTA peak RSS MB (baseline: no TTA)", t["peak_rss_mb"], a["peak_rss_mb"]),
+            Row(NAME, f"TTA {cpm} (baseline: no TTA)", t["cpm"], a["cpm"]),
+        ]
+    return rows
+
+
+if __name__ == "__main__":
+    setup_logging()
+    table = main()
+    sys.stdout.write(format_table(table) + "\n")
