@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pivot_monai.data.annotations import Nodule
-from pivot_monai.metrics.detection import NoduleMatch, ScanCandidates, ScanMatch, match_scans
+from pivot_monai.metrics.matching import NoduleMatch, ScanCandidates, ScanMatch, match_scans
 
 __all__ = [
     "LUNA16_FP_RATES",
