@@ -16,8 +16,8 @@ from monai.metrics import CumulativeIterationMetric
 
 from pivot_monai.data.annotations import Nodule
 from pivot_monai.metrics.detection import center_accuracy, malignancy_auc, size_accuracy, size_mae
-from pivot_monai.metrics.matching import ScanCandidates
 from pivot_monai.metrics.froc import compute_froc
+from pivot_monai.metrics.matching import ScanCandidates
 
 __all__ = ["METRIC_NAMES", "SCAN_STATS", "DetectionMetric", "tables_to_inputs"]
 
