@@ -145,3 +145,22 @@ def bundle_overrides(pairs: list[str], **extra) -> dict:
     out = {k.lstrip("-"): yaml.safe_load(v) for k, v in zip(pairs[::2], pairs[1::2])}
     out.update(extra)
     return out
+
+
+def bundle_workflow(config_files, dataset_dir, bundle_root, overrides: dict):
+    """An initialised training ``ConfigWorkflow`` of the repository bundle on ``dataset_dir`` with ``overrides``."""
+    from monai.bundle import ConfigWorkflow
+
+    configs = REPO_ROOT / "bundle" / "configs"
+    wf = ConfigWorkflow(
+        config_file=[str(f) for f in config_files],
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="train",
+        run_id="training",
+        dataset_dir=str(dataset_dir),
+        bundle_root=str(bundle_root),
+        **overrides,
+    )
+    wf.initialize()
+    return wf

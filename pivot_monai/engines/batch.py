@@ -13,9 +13,9 @@ import torch
 from monai.engines import PrepareBatch
 from monai.utils import CommonKeys
 
-__all__ = ["TARGET_KEYS", "PrepareTrainBatch", "PrepareValBatch", "heatmap_from_output", "image_from_batch"]
+from pivot_monai.transforms.targets import TARGET_KEYS
 
-TARGET_KEYS = ("heatmap", "diameter", "malignancy", "mask", "malignancy_mask")
+__all__ = ["TARGET_KEYS", "PrepareTrainBatch", "PrepareValBatch", "heatmap_from_output", "image_from_batch"]
 
 
 def _to(x: Any, device: torch.device | str | None, non_blocking: bool) -> Any:

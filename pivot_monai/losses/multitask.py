@@ -23,12 +23,12 @@ import torch.nn.functional as F
 
 from pivot_monai.losses.detection import HeatmapLoss
 from pivot_monai.losses.masked import MaskedBCEWithLogitsLoss, MaskedSmoothL1Loss
+from pivot_monai.transforms.targets import TARGET_KEYS
 
 __all__ = ["LOSS_DEFAULTS", "TARGET_KEYS", "MultiTaskDetectionLoss", "build_loss", "downsample_targets"]
 
 logger = logging.getLogger(__name__)
 
-TARGET_KEYS: tuple[str, ...] = ("heatmap", "diameter", "malignancy", "mask", "malignancy_mask")
 """Target keys read by :class:`MultiTaskDetectionLoss` (and resampled by :func:`downsample_targets`)."""
 
 LOSS_DEFAULTS: dict[str, dict[str, Any]] = {

@@ -16,9 +16,10 @@ import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-__all__ = ["NoduleTargetsd", "RecordInstanceVolumesd", "gaussian_heatmap", "instance_stats"]
+__all__ = ["TARGET_KEYS", "NoduleTargetsd", "RecordInstanceVolumesd", "gaussian_heatmap", "instance_stats"]
 
-TARGET_KEYS = ("heatmap", "diameter", "malignancy", "mask", "malignancy_mask")
+TARGET_KEYS: tuple[str, ...] = ("heatmap", "diameter", "malignancy", "mask", "malignancy_mask")
+"""Keys of the training targets, shared by the batch preparation and the multi-task loss."""
 
 
 def _as_numpy(x: Any) -> np.ndarray:

@@ -4,25 +4,16 @@ from __future__ import annotations
 
 import pytest
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
-from tests.conftest import REPO_ROOT, TINY_OVERRIDES, bundle_overrides
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES, bundle_overrides, bundle_workflow
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 
 
 def _workflow(tiny_processed, tmp_path, **extra):
-    wf = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.yaml"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        workflow_type="train",
-        run_id="training",
-        dataset_dir=str(tiny_processed),
-        bundle_root=str(tmp_path / "bundle"),
-        **bundle_overrides(TINY_OVERRIDES, **extra),
+    return bundle_workflow(
+        [CONFIGS / "train.yaml"], tiny_processed, tmp_path / "bundle", bundle_overrides(TINY_OVERRIDES, **extra)
     )
-    wf.initialize()
-    return wf
 
 
 def test_periodic_checkpoint_resumes_training(tiny_processed, tmp_path):

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 from ignite.engine import Events
-from monai.bundle import ConfigWorkflow
 
-from tests.conftest import REPO_ROOT, TINY_OVERRIDES, bundle_overrides
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES, bundle_overrides, bundle_workflow
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 FEATURES_EXAMPLE = CONFIGS / "features_example.yaml"
@@ -33,20 +32,9 @@ FAST = {"validation#interval": 10, "inference#overlap": 0.0, "inference#sw_batch
 
 
 def _workflow(tiny_processed, tmp_path, features: bool = True, **extra):
-    files = [str(CONFIGS / "train.yaml")] + ([str(FEATURES_EXAMPLE)] if features else [])
+    files = [CONFIGS / "train.yaml"] + ([FEATURES_EXAMPLE] if features else [])
     overrides = bundle_overrides(TINY_OVERRIDES, **{**(STAGES if features else {}), **FAST, **extra})
-    wf = ConfigWorkflow(
-        config_file=files,
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        run_id="training",
-        dataset_dir=str(tiny_processed),
-        bundle_root=str(tmp_path / "bundle"),
-        **overrides,
-    )
-    wf.initialize()
-    return wf
+    return bundle_workflow(files, tiny_processed, tmp_path / "bundle", overrides)
 
 
 def _record(wf) -> dict[int, dict]:
