@@ -62,8 +62,12 @@ class NonFiniteGuard:
         self.consecutive += 1
         engine.state.nonfinite_steps = getattr(engine.state, "nonfinite_steps", 0) + 1
         engine.optimizer.zero_grad(set_to_none=True)
-        self.logger.warning("non-finite loss or gradients at iteration %d: step skipped (%d in a row, %d in total)",
-                            engine.state.iteration, self.consecutive, engine.state.nonfinite_steps)
+        self.logger.warning(
+            "non-finite loss or gradients at iteration %d: step skipped (%d in a row, %d in total)",
+            engine.state.iteration,
+            self.consecutive,
+            engine.state.nonfinite_steps,
+        )
         if self.consecutive >= self.max_consecutive:
             self.logger.error(
                 "terminating: %d consecutive non-finite steps (training.nonfinite_guard.max_consecutive). The weights "

@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 from monai.utils import optional_import
 
-from pivot_monai.inference.tta import TTASettings, augment, invert
+from pivot_monai.inference.inferers import TTAInferer, fit_roi
+from pivot_monai.inference.tta import TTASettings
 from pivot_monai.networks import OUTPUT_KEYS, build_network
 
 __all__ = [
@@ -227,6 +228,9 @@ class Predictor:
         tta: :class:`~pivot_monai.inference.tta.TTASettings`, an ``inference.tta`` mapping or a bool. Default off.
         output_stride: input/output resolution ratio; ``None`` measures it with one forward pass. Default None.
         inferer: a MONAI inferer to use instead of building a ``SlidingWindowInferer`` from the arguments above.
+        max_roi: ``inference.roi_size``: fit the window to each volume, whole axes up to this size (see
+            :meth:`window`); ``None`` slides ``roi_size`` windows. Default None.
+        multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 16.
 
     Example:
         >>> net = build_network({"base_filters": 4, "depth": 2}).eval()
@@ -247,6 +251,8 @@ class Predictor:
         tta: TTASettings | Mapping[str, Any] | bool | None = None,
         output_stride: int | None = None,
         inferer: Inferer | None = None,
+        max_roi: Sequence[int] | None = None,
+        multiple: int = 16,
     ) -> None:
         self.roi_size = tuple(int(v) for v in roi_size)
         if len(self.roi_size) != 3 or min(self.roi_size) < 1:
@@ -257,7 +263,15 @@ class Predictor:
             raise ValueError(f"inference.sw_batch_size must be >= 1, got {sw_batch_size}")
         if blend_mode not in ("gaussian", "constant"):
             raise ValueError(f"inference.blend_mode must be 'gaussian' or 'constant', got {blend_mode!r}")
+        if max_roi is not None and (len(max_roi) != 3 or any(int(m) < int(r) for m, r in zip(max_roi, self.roi_size))):
+            raise ValueError(
+                f"inference.roi_size must be 3 sizes >= data.patch_size {list(self.roi_size)} (or null), got "
+                f"{list(max_roi)}"
+            )
         self.network = network
+        self.max_roi = None if max_roi is None else tuple(int(v) for v in max_roi)
+        self.multiple = int(multiple)
+        self.overlap, self.sw_batch_size, self.blend_mode = float(overlap), int(sw_batch_size), blend_mode
         self.device = resolve_device(device)
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
@@ -280,10 +294,12 @@ class Predictor:
     ) -> Predictor:
         """Load ``model`` (see :func:`load_model`) and set the window from the config sections.
 
-        ``data.patch_size`` is the window; ``inference.overlap``, ``sw_batch_size``, ``blend_mode`` and ``tta`` the
-        rest. Keyword arguments that are not ``None`` override the config (the CLI flags).
+        ``data.patch_size`` is the smallest window and ``inference.roi_size`` the largest (``null``: always the
+        patch); ``inference.overlap``, ``sw_batch_size``, ``blend_mode`` and ``tta`` the rest; fitted windows are
+        multiples of ``2 ** model.depth``. Keyword arguments that are not ``None`` override the config (CLI flags).
         """
         data, inference = dict(data or {}), dict(inference or {})
+        depth = int(dict(model_cfg or {}).get("depth", 4))
         dev = resolve_device(device)
         return cls(
             load_model(model, model_cfg, dev),
@@ -293,6 +309,8 @@ class Predictor:
             blend_mode=inference.get("blend_mode", "gaussian"),
             device=dev,
             tta=TTASettings.from_config(inference.get("tta"), enabled=tta),
+            max_roi=inference.get("roi_size"),
+            multiple=2**depth,
         )
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -352,20 +370,31 @@ class Predictor:
         size = x.shape[2:]
         # pad at the far end to a multiple of the stride (and at least one window): windows then start on output-voxel
         # boundaries, flips invert exactly at low resolution, and the input index mapping stays unchanged
-        names = self.tta.names
-        roi = list(self.roi_size)
-        if any("rotate_90" in n for n in names):  # rotated volumes swap x and y: fit the window both ways
+        roi = list(self.window(size))
+        if any("rotate_90" in n for n in self.tta.names):  # rotated volumes swap x and y: fit the window both ways
             roi[0] = roi[1] = max(roi[0], roi[1])
         target = [max(r, math.ceil(n / s) * s) for n, r in zip(size, roi)]
         pad = [p for n, t in reversed(list(zip(size, target))) for p in (0, t - n)]
         x = F.pad(x, pad, value=0.0)
-        total: dict[str, torch.Tensor] = {}
+        inferer = self.inferer if self.max_roi is None else self._window_inferer(roi)
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)  # MONAI
-            for name in names:
-                out = self.inferer(augment(x, name), self._forward)
-                for k, v in _as_dict(out, "sliding-window output").items():
-                    v = invert(v, name)
-                    total[k] = v if k not in total else total[k] + v
+            out = _as_dict(TTAInferer(inferer, self.tta, s)(x, self._forward), "sliding-window output")
         crop = tuple(slice(0, math.ceil(n / s)) for n in size)
-        return {k: (v / len(names))[(..., *crop)].cpu() for k, v in total.items()}
+        return {k: v[(..., *crop)].cpu() for k, v in out.items()}
+
+    def window(self, size: Sequence[int]) -> tuple[int, int, int]:
+        """The sliding window used for a (padded) volume of ``size``: ``roi_size``, or fitted under ``max_roi``.
+
+        With ``max_roi`` the window comes from :func:`~pivot_monai.inference.inferers.fit_roi`: whole axes where
+        they fit, else a few equal windows, never smaller than ``roi_size``.
+        """
+        if self.max_roi is None:
+            return self.roi_size
+        multiple = max(self.multiple, self.output_stride or 1)
+        return fit_roi(size, self.max_roi, multiple, min_roi=self.roi_size)  # type: ignore[return-value]
+
+    def _window_inferer(self, roi: Sequence[int]) -> SlidingWindowInferer:
+        return SlidingWindowInferer(
+            roi_size=tuple(roi), sw_batch_size=self.sw_batch_size, overlap=self.overlap, mode=self.blend_mode
+        )

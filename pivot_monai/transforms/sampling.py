@@ -9,7 +9,11 @@ label, the rest on random background voxels. On top of that it
   (:class:`~pivot_monai.transforms.hard_negatives.HardNegativePool`, filled by
   :class:`~pivot_monai.handlers.hard_negative_mining.HardNegativeMiningHandler`),
 * draws positives only from nodules at least ``min_diameter`` mm wide (the curriculum stage), and
-* reads the crop size from a :class:`~pivot_monai.transforms.stages.StageState` (progressive patch sizes).
+* reads the crop size from a :class:`~pivot_monai.transforms.stages.StageState` (progressive patch sizes), and
+* by default (``data.positive_sampling: instance``) picks the nodule of a positive crop uniformly among the scan's
+  eligible nodules before picking one of its voxels. ``RandCropByPosNegLabeld`` picks a foreground *voxel*, so a
+  12 mm nodule is drawn 27 times as often as a 4 mm one in the same scan and small nodules, the hard ones, are
+  rarely seen; ``positive_sampling: voxel`` restores MONAI's behaviour.
 
 :class:`StagedCenterSpatialCropd` cuts the network patch out of the crop after targets are made, at the stage's size.
 """
@@ -30,9 +34,17 @@ from monai.transforms.utils import correct_crop_centers
 from pivot_monai.transforms.hard_negatives import HardNegativePool
 from pivot_monai.transforms.stages import StageState
 
-__all__ = ["CROP_KINDS", "NoduleCropSamplerd", "StagedCenterSpatialCropd", "crop_ratios", "stochastic_round"]
+__all__ = [
+    "CROP_KINDS",
+    "POSITIVE_SAMPLING",
+    "NoduleCropSamplerd",
+    "StagedCenterSpatialCropd",
+    "crop_ratios",
+    "stochastic_round",
+]
 
 CROP_KINDS = ("positive", "hard_negative", "negative")
+POSITIVE_SAMPLING = ("instance", "voxel")
 """Values of the ``"crop_kind"`` key added to every crop."""
 
 _BACKGROUND_TRIES = 64
@@ -77,7 +89,9 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
     share is exact; none for a scan without eligible nodules), and of the negatives ``round(n_neg * hard_ratio)`` are
     centred on pooled hard negatives of the scan (none while the pool has no entry for it). Positive centres are
     random voxels of nodules with diameter ``>= min_diameter`` (``nodule_diameters`` is indexed by label id; with a
-    positive minimum, instances of unknown diameter are skipped); negative centres random voxels with label 0.
+    positive minimum, instances of unknown diameter are skipped): with ``positive_sampling="instance"`` a nodule is
+    first drawn uniformly, then one of its voxels; with ``"voxel"`` any eligible voxel (``RandCropByPosNegLabeld``).
+    Negative centres are random voxels with label 0.
     Centres are moved inwards so the crop fits (MONAI ``correct_crop_centers``), the crop is cut with MONAI
     ``SpatialCrop`` and padded with ``SpatialPad`` where the volume is smaller than the crop.
 
@@ -95,6 +109,8 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         seriesuid_key: key of the scan id (``LoadNoduleMetad``). Default ``"seriesuid"``.
         diameters_key: key of the per-label-id diameters (``LoadNoduleMetad``). Default ``"nodule_diameters"``.
         pad_mode: ``SpatialPad`` mode. Default ``"constant"`` (zeros).
+        positive_sampling: ``"instance"`` (each nodule equally likely) or ``"voxel"`` (each nodule voxel equally
+            likely, as MONAI). Default ``"instance"``.
 
     Adds ``"crop_kind"`` (one of :data:`CROP_KINDS`) and ``"crop_center"`` ((3,) int array) to every crop.
 
@@ -118,6 +134,7 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         seriesuid_key: str = "seriesuid",
         diameters_key: str = "nodule_diameters",
         pad_mode: str = "constant",
+        positive_sampling: str = "instance",
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
@@ -131,6 +148,11 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
             raise ValueError(
                 f"spatial_size must be 3 positive ints and crop_margin >= 0, got {list(spatial_size)}, {crop_margin}"
             )
+        if positive_sampling not in POSITIVE_SAMPLING:
+            raise ValueError(
+                f"data.positive_sampling must be one of {list(POSITIVE_SAMPLING)}, got {positive_sampling!r}"
+            )
+        self.positive_sampling = positive_sampling
         self.label_key, self.spatial_size = label_key, tuple(int(s) for s in spatial_size)
         self.num_samples, self.pos_ratio, self.hard_ratio = int(num_samples), pos / (pos + neg), float(hard_ratio)
         self.pool, self.stage, self.crop_margin = pool, stage, int(crop_margin)
@@ -155,6 +177,14 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         diam = np.zeros(int(ids.max()) + 1) if diameters is None else np.asarray(diameters, dtype=float)
         diam = np.pad(diam, (0, max(0, int(ids.max()) + 1 - len(diam))))
         return flat[diam[ids] >= min_d]
+
+    def _positive_voxel(self, label: np.ndarray, fg: np.ndarray) -> int:
+        """A flat index among the eligible voxels ``fg``: of a uniformly drawn nodule, or uniformly (``voxel``)."""
+        if self.positive_sampling == "voxel":
+            return int(self.R.choice(fg))
+        ids = label.ravel()[fg]
+        instance = self.R.choice(np.unique(ids))
+        return int(self.R.choice(fg[ids == instance]))
 
     def _background_centre(self, label: np.ndarray) -> tuple[int, ...]:
         shape = label.shape
@@ -181,7 +211,9 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         n_hard = min(stochastic_round(n_neg * self.hard_ratio, self.R), n_neg) if hard else 0
         out = []
         for _ in range(n_pos):
-            out.append(("positive", tuple(int(i) for i in np.unravel_index(int(self.R.choice(fg)), label.shape))))
+            out.append(
+                ("positive", tuple(int(i) for i in np.unravel_index(self._positive_voxel(label, fg), label.shape)))
+            )
         for _ in range(n_hard):
             index, _score = hard[int(self.R.randint(len(hard)))]
             out.append(("hard_negative", tuple(int(min(max(i, 0), s - 1)) for i, s in zip(index, label.shape))))

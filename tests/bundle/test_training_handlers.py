@@ -125,3 +125,29 @@ def test_defaults_train_without_the_features(tiny_processed, tmp_path):
     wf.finalize()
     assert seen[1]["shape"] == (4, 1, 16, 16, 16) and seen[1]["encoder_grad"]
     assert not (tmp_path / "bundle" / "models" / "hard_negative_pool.json").exists()
+
+
+def _forwards_per_validation(wf) -> tuple[int, dict]:
+    """Network calls of one run of the validation evaluator, and its metrics."""
+    net = wf.parser.get_parsed_content("network")
+    evaluator = wf.parser.get_parsed_content("validate#evaluator")
+    calls = []
+    handle = net.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        evaluator.run()
+    finally:
+        handle.remove()
+    return len(calls), dict(evaluator.state.metrics)
+
+
+def test_validation_applies_inference_tta_and_mining_never_does(tiny_processed, tmp_path):
+    tta = {"enabled": True, "augmentation_types": ["flip_x", "flip_y", "flip_z"], "num_augmentations": 8}
+    plain_calls, plain_metrics = _forwards_per_validation(_workflow(tiny_processed, tmp_path / "a"))
+    wf = _workflow(tiny_processed, tmp_path / "b", **{"inference#tta": tta})
+    tta_calls, tta_metrics = _forwards_per_validation(wf)
+    assert plain_calls > 0 and tta_calls == 8 * plain_calls
+    assert "val_froc" in tta_metrics and set(tta_metrics) == set(plain_metrics)
+    mining = next(
+        h for h in wf.parser.get_parsed_content("train#handlers") if type(h).__name__ == "HardNegativeMiningHandler"
+    )
+    assert "TTAInferer" not in repr(vars(mining.inferer))

@@ -21,8 +21,14 @@ def _trainer(losses: list[float], max_consecutive: int = 3):
         return (pred.sum() - pred.sum().detach()) + torch.tensor(v) if math.isfinite(v) else pred.sum() * v
 
     data = [{"image": torch.ones(1, 2), "label": torch.zeros(1, 1)} for _ in losses]
-    trainer = SupervisedTrainer(device=torch.device("cpu"), max_epochs=1, train_data_loader=data, network=net,
-                                optimizer=opt, loss_function=loss_fn)
+    trainer = SupervisedTrainer(
+        device=torch.device("cpu"),
+        max_epochs=1,
+        train_data_loader=data,
+        network=net,
+        optimizer=opt,
+        loss_function=loss_fn,
+    )
     NonFiniteGuard(max_consecutive=max_consecutive).attach(trainer)
     GradientClipHandler(max_norm=1.0).attach(trainer)
     return trainer, net
@@ -31,8 +37,10 @@ def _trainer(losses: list[float], max_consecutive: int = 3):
 def test_bad_steps_are_skipped_and_weights_stay_finite():
     trainer, net = _trainer([1.0, float("nan"), 1.0, float("inf"), 1.0])
     before_nan = {}
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: before_nan.setdefault(
-        e.state.iteration, [p.detach().clone() for p in net.parameters()]))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED,
+        lambda e: before_nan.setdefault(e.state.iteration, [p.detach().clone() for p in net.parameters()]),
+    )
     trainer.run()
     assert trainer.state.nonfinite_steps == 2 and trainer.state.iteration == 5
     assert all(torch.isfinite(p).all() for p in net.parameters())

@@ -178,3 +178,20 @@ def test_persistent_workers_see_pool_updates_through_the_file(tmp_path):
     assert set(first["crop_kind"]) == {"negative"}
     assert set(second["crop_kind"]) == {"hard_negative"}
     assert second["crop_center"].tolist() == [[20, 20, 20]] * 4
+
+
+def test_instance_sampling_draws_each_nodule_equally_and_voxel_sampling_by_its_volume():
+    label, diameters = _volume()["label"][0].numpy(), _volume()["nodule_diameters"]
+    counts = {}
+    for mode in ("instance", "voxel"):
+        sampler = _sampler(num_samples=4, pos=1, neg=0, positive_sampling=mode)
+        ids = [int(label[c]) for _ in range(500) for _, c in sampler.plan(label, diameters)]
+        counts[mode] = collections.Counter(ids)
+    # 64 voxels (BIG) vs 8 voxels (SMALL): instance sampling 1:1, voxel sampling (RandCropByPosNegLabeld) 8:1
+    assert counts["instance"][SMALL] / 2000 == pytest.approx(0.5, abs=0.04)
+    assert counts["voxel"][SMALL] / 2000 == pytest.approx(8 / 72, abs=0.03)
+
+
+def test_unknown_positive_sampling_names_the_key():
+    with pytest.raises(ValueError, match="data.positive_sampling must be one of"):
+        _sampler(positive_sampling="nodule")

@@ -1,0 +1,134 @@
+"""MONAI inferers of PIVOT: test-time augmentation around any inferer, and windows fitted to the volume.
+
+:class:`TTAInferer` is a :class:`monai.inferers.Inferer`, so the same object serves ``pivot infer``
+(:class:`~pivot_monai.inference.predictor.Predictor`) and the bundle's validation evaluator (``validate#inferer`` in
+``train.yaml`` wraps the sliding window in it when ``inference.tta.enabled``). The augmentation maths is in
+:mod:`pivot_monai.inference.tta`.
+
+:func:`fit_roi` chooses the inference window per volume. The detector is fully convolutional, so inference need not
+use the training patch: fewer, larger windows waste less compute on overlaps (with ``overlap`` 0.25 a 48^3 window
+computes each voxel about 2.4 times).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import Inferer
+
+from pivot_monai.inference.tta import IDENTITY, TTASettings, augment, invert
+
+__all__ = ["TTAInferer", "fit_roi"]
+
+
+class TTAInferer(Inferer):
+    """Run ``inferer`` once per test-time augmentation, map each output back exactly and average.
+
+    Args:
+        inferer: the inner inferer, e.g. ``SlidingWindowInferer``.
+        tta: :class:`~pivot_monai.inference.tta.TTASettings`, the ``inference.tta`` mapping or a bool. Default off
+            (a pass-through).
+        output_stride: input/output resolution ratio of the network (``model.output_stride``). Inputs are padded at
+            the far end to a multiple of it, so flipped low-resolution maps invert exactly. Default 1.
+
+    Example:
+        >>> from monai.inferers import SimpleInferer
+        >>> inferer = TTAInferer(SimpleInferer(), {"enabled": True, "num_augmentations": 4})
+        >>> out = inferer(torch.rand(1, 1, 8, 8, 8), lambda x: {"heatmap": x})
+        >>> tuple(out["heatmap"].shape)
+        (1, 1, 8, 8, 8)
+    """
+
+    def __init__(
+        self,
+        inferer: Callable[..., Any],
+        tta: TTASettings | Mapping[str, Any] | bool | None = None,
+        output_stride: int = 1,
+    ) -> None:
+        super().__init__()
+        if int(output_stride) < 1:
+            raise ValueError(f"model.output_stride must be >= 1, got {output_stride}")
+        self.inferer = inferer
+        self.tta = TTASettings.from_config(tta)
+        self.output_stride = int(output_stride)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Average of the inverted outputs of every augmentation.
+
+        Args:
+            inputs: (B, C, X, Y, Z) image.
+            network: the model (or any callable the inner inferer accepts).
+
+        Returns:
+            What the inner inferer returns (a tensor, or a dict of tensors) averaged over the passes, each (B, C',
+            X/s, Y/s, Z/s) with ``s = output_stride`` rounded up.
+        """
+        names = self.tta.names
+        if names == [IDENTITY]:
+            return self.inferer(inputs, network, *args, **kwargs)
+        s, size = self.output_stride, inputs.shape[2:]
+        pad = [p for n in reversed(size) for p in (0, math.ceil(n / s) * s - n)]
+        x = F.pad(inputs, pad, value=0.0) if any(pad) else inputs
+        total: Any = None
+        for name in names:
+            out = self.inferer(augment(x, name), network, *args, **kwargs)
+            if isinstance(out, Mapping):
+                out = {k: invert(v, name) for k, v in out.items()}
+                total = out if total is None else {k: total[k] + v for k, v in out.items()}
+            elif isinstance(out, (tuple, list)):
+                out = [invert(v, name) for v in out]
+                total = out if total is None else [t + v for t, v in zip(total, out)]
+            else:
+                out = invert(out, name)
+                total = out if total is None else total + out
+        crop = (..., *(slice(0, math.ceil(n / s)) for n in size))
+        if isinstance(total, Mapping):
+            return {k: (v / len(names))[crop] for k, v in total.items()}
+        if isinstance(total, list):
+            return [(v / len(names))[crop] for v in total]
+        return (total / len(names))[crop]
+
+
+def fit_roi(
+    size: Sequence[int], max_roi: Sequence[int], multiple: int = 1, min_roi: Sequence[int] | None = None
+) -> tuple[int, ...]:
+    """The inference window for a volume of ``size``: whole axes where they fit, else equal windows under ``max_roi``.
+
+    Per axis, an axis no longer than ``max_roi`` gets one window covering it (rounded up to ``multiple``); a longer
+    axis is split into ``k = ceil(size / max_roi)`` windows of about ``size / k`` voxels plus a quarter of that as
+    overlap, rounded up to ``multiple`` and capped at ``max_roi``. The sliding window then runs ``k`` windows along it
+    instead of the many a small training patch needs.
+
+    Args:
+        size: (X, Y, Z) voxels of the volume.
+        max_roi: the largest window per axis (``inference.roi_size``); memory grows with its volume.
+        multiple: every window size is a multiple of it (``2 ** model.depth``: the network's divisibility).
+        min_roi: the smallest window per axis (e.g. the training patch). Default ``multiple``.
+
+    Returns:
+        The window (X, Y, Z).
+
+    Raises:
+        ValueError: ``max_roi`` not 3 positive values, or not a multiple of ``multiple``.
+
+    Example:
+        >>> fit_roi((135, 95, 139), (128, 128, 128), multiple=8)
+        (88, 96, 88)
+    """
+    max_roi = [int(v) for v in max_roi]
+    if len(max_roi) != len(size) or min(max_roi) < 1 or any(v % multiple for v in max_roi):
+        raise ValueError(
+            f"inference.roi_size must be {len(size)} positive sizes divisible by {multiple} (2 ** model.depth), "
+            f"got {max_roi}"
+        )
+    low = [int(v) for v in (min_roi or [multiple] * len(size))]
+    roi = []
+    for n, hi, lo in zip(size, max_roi, low):
+        k = math.ceil(n / hi)
+        want = n if k == 1 else math.ceil(n / k * 1.25)
+        roi.append(max(lo, min(hi, math.ceil(want / multiple) * multiple)))
+    return tuple(roi)

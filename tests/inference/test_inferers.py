@@ -1,0 +1,119 @@
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from monai.inferers import SimpleInferer, SlidingWindowInferer
+
+from pivot_monai.inference.inferers import TTAInferer, fit_roi
+from pivot_monai.inference.predictor import Predictor
+
+TTA8 = {"enabled": True, "augmentation_types": ["flip_x", "flip_y", "rotate_90"], "num_augmentations": 8}
+
+
+def _pool(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Position-exact 'network' at output stride 2: the 2x2x2 mean of the input."""
+    y = F.avg_pool3d(x, 2)
+    return {"heatmap": y, "diameter": 10 * y}
+
+
+class _Pointwise(torch.nn.Module):
+    """A 1x1x1 'network': its output at a voxel depends on that voxel only, so any windowing gives the same maps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.windows: list[tuple[int, ...]] = []
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.windows += [tuple(x.shape[2:])] * x.shape[0]
+        return {"heatmap": torch.sigmoid(3 * x - 1), "diameter": 5 * x, "malignancy": x * x}
+
+
+def test_tta_inferer_inverts_every_pass_at_stride_2_with_dict_tuple_and_tensor_outputs():
+    x = torch.rand(1, 1, 13, 10, 11, generator=torch.Generator().manual_seed(3))
+    expected = F.avg_pool3d(F.pad(x, (0, 1, 0, 0, 0, 1)), 2)
+    inferer = TTAInferer(SimpleInferer(), TTA8, output_stride=2)
+    out = inferer(x, _pool)
+    assert out["heatmap"].shape == (1, 1, 7, 5, 6)
+    torch.testing.assert_close(out["heatmap"], expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out["diameter"], 10 * expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(inferer(x, lambda t: _pool(t)["heatmap"]), expected, atol=1e-6, rtol=0)
+    heat, diam = inferer(x, lambda t: tuple(_pool(t).values()))
+    torch.testing.assert_close(diam, 10 * expected, atol=1e-5, rtol=0)
+
+
+def test_tta_inferer_runs_the_inner_inferer_once_per_augmentation_and_is_a_pass_through_when_off():
+    calls: list[tuple[int, ...]] = []
+
+    def net(t: torch.Tensor) -> torch.Tensor:
+        calls.append(tuple(t.shape[2:]))
+        return t
+
+    x = torch.rand(1, 1, 6, 8, 4)
+    assert torch.equal(TTAInferer(SimpleInferer(), None)(x, net), x)
+    assert calls == [(6, 8, 4)]
+    calls.clear()
+    torch.testing.assert_close(TTAInferer(SimpleInferer(), TTA8)(x, net), x)
+    assert len(calls) == 8 and (8, 6, 4) in calls  # rotated passes see x and y swapped
+
+
+def test_tta_inferer_rejects_a_bad_stride_and_bad_settings():
+    with pytest.raises(ValueError, match="output_stride"):
+        TTAInferer(SimpleInferer(), None, output_stride=0)
+    with pytest.raises(ValueError, match="unknown TTA operation"):
+        TTAInferer(SimpleInferer(), {"enabled": True, "augmentation_types": ["flip_w"]})
+
+
+@pytest.mark.parametrize(
+    ("size", "max_roi", "multiple", "min_roi", "expected"),
+    [
+        ((135, 95, 139), (128, 128, 128), 8, None, (88, 96, 88)),  # long axes split in two, the short one whole
+        ((60, 40, 30), (128, 128, 128), 16, None, (64, 48, 32)),  # a small volume is one window
+        ((60, 40, 30), (128, 128, 128), 16, (48, 48, 48), (64, 48, 48)),  # never below the training patch
+        ((400, 100, 100), (96, 96, 96), 8, None, (96, 64, 64)),  # capped at the largest window
+    ],
+)
+def test_fit_roi(size, max_roi, multiple, min_roi, expected):
+    roi = fit_roi(size, max_roi, multiple, min_roi)
+    assert roi == expected
+    assert all(r % multiple == 0 and r <= m for r, m in zip(roi, max_roi))
+
+
+def test_fit_roi_rejects_sizes_the_network_cannot_take():
+    with pytest.raises(ValueError, match=r"divisible by 16 \(2 \*\* model.depth\)"):
+        fit_roi((100, 100, 100), (100, 100, 100), 16)
+    with pytest.raises(ValueError, match="inference.roi_size"):
+        fit_roi((100, 100, 100), (96, 96), 16)
+
+
+def test_fitted_windows_give_the_patch_windows_maps_with_far_fewer_forwards():
+    x = torch.rand(1, 1, 70, 52, 61, generator=torch.Generator().manual_seed(5))
+    patch_net, fitted_net = _Pointwise(), _Pointwise()
+    plain = Predictor(patch_net, (16, 16, 16), output_stride=1)(x)
+    fitted = Predictor(fitted_net, (16, 16, 16), output_stride=1, max_roi=(64, 64, 64), multiple=16)(x)
+    for key in plain:
+        torch.testing.assert_close(fitted[key], plain[key], atol=1e-5, rtol=1e-5)
+    assert len(fitted_net.windows) < len(patch_net.windows) / 10
+    assert set(fitted_net.windows) == {(48, 64, 64)}
+    voxels = sum(torch.Size(w).numel() for w in fitted_net.windows)
+    assert voxels < 2 * x.numel() < sum(torch.Size(w).numel() for w in patch_net.windows)
+
+
+def test_predictor_from_config_reads_roi_size_and_checks_it():
+    net = _Pointwise()
+    p = Predictor.from_config(net, {"patch_size": [16, 16, 16]}, {"depth": 2}, {"roi_size": [32, 32, 32]})
+    assert p.max_roi == (32, 32, 32) and p.multiple == 4
+    assert p.window((40, 20, 12)) == (28, 20, 16)
+    assert Predictor.from_config(net, {"patch_size": [16, 16, 16]}).window((40, 20, 12)) == (16, 16, 16)
+    with pytest.raises(ValueError, match="inference.roi_size must be 3 sizes >= data.patch_size"):
+        Predictor.from_config(net, {"patch_size": [16, 16, 16]}, None, {"roi_size": [8, 8, 8]})
+
+
+def test_sliding_window_inferer_inside_tta_inferer_matches_predictor():
+    x = torch.rand(1, 1, 20, 18, 22, generator=torch.Generator().manual_seed(2))
+    net = _Pointwise()
+    window = SlidingWindowInferer((16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")
+    direct = TTAInferer(window, TTA8)(x, net)
+    predicted = Predictor(net, (16, 16, 16), tta=TTA8, output_stride=1)(x)
+    for key in predicted:
+        torch.testing.assert_close(direct[key], predicted[key], atol=1e-5, rtol=1e-5)
