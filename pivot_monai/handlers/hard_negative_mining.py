@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import replace
@@ -103,6 +104,7 @@ class HardNegativeMiningHandler:
         self.decode = replace(base, score_threshold=min(base.score_threshold, self.score_threshold))
         self.device, self.amp, self.writer = device, bool(amp), summary_writer
         self.logger = logging.getLogger(name or __name__)
+        self.total_seconds = 0.0  # wall time spent mining (all rounds of this run), the overhead of mining
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.check_workers)
@@ -161,6 +163,7 @@ class HardNegativeMiningHandler:
             if isinstance(self.network, (nn.DataParallel, nn.parallel.DistributedDataParallel))
             else self.network
         )
+        start = time.perf_counter()
         round_index = max(engine.state.epoch // self.interval - 1, 0)  # from the epoch: resumes keep rotating
         indices = self.round_indices(round_index, idist.get_rank(), idist.get_world_size())
         was_training = net.training
@@ -180,19 +183,27 @@ class HardNegativeMiningHandler:
         self.pool.publish()
         mined = sum(len(e) for _, e in merged)
         epoch = engine.state.epoch
+        seconds = time.perf_counter() - start
+        self.total_seconds += seconds
         if idist.get_rank() == 0:  # every rank holds the same pool
             self.logger.info(
-                "epoch %d: hard-negative mining round %d: %d false positive(s) >= %.2f in %d scan(s); pool holds %d "
-                "over %d scan(s)",
+                "epoch %d: hard-negative mining round %d: %d false positive(s) >= %.2f in %d scan(s) in %.1f s; "
+                "pool holds %d over %d scan(s)",
                 epoch,
                 round_index + 1,
                 mined,
                 self.score_threshold,
                 len(merged),
+                seconds,
                 len(self.pool),
                 len(self.pool.seriesuids()),
             )
-        engine.state.mining = {"false_positives": mined, "pool_size": len(self.pool), "scans": len(merged)}
+        engine.state.mining = {
+            "false_positives": mined,
+            "pool_size": len(self.pool),
+            "scans": len(merged),
+            "seconds": seconds,
+        }
         if self.writer is not None:
             self.writer.add_scalar("mining/pool_size", len(self.pool), epoch)
             self.writer.add_scalar("mining/false_positives", mined, epoch)

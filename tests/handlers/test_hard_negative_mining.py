@@ -178,7 +178,9 @@ def test_handler_pools_only_false_positives_and_logs_them():
         ("mining/false_positives", 2, 4),
     ]
     assert ("mining/pool_size", 2.0, 4) in writer.scalars
+    seconds = engine.state.mining.pop("seconds")
     assert engine.state.mining == {"false_positives": 2, "pool_size": 2, "scans": 2}
+    assert 0 < seconds <= handler.total_seconds  # two rounds timed, the last one in the state
     assert handler.network.training  # train mode restored after mining
 
 
