@@ -380,9 +380,9 @@ def ensure_raw_dataset(size: str, num_scans: int, seed: int) -> Path:
     Returns:
         The dataset root (``subset0/*.mhd``, ``annotations.csv``, ``annotations_excluded.csv``, ``seriesuids.csv``).
     """
-    from pivot_monai.data.synthetic import generate_dataset
+    from pivot_monai.data.synthetic import GENERATOR_VERSION, generate_dataset
 
-    root = WORK_DIR / f"raw_{size}_seed{seed}_n{num_scans}"
+    root = WORK_DIR / f"raw_{size}_seed{seed}_n{num_scans}_v{GENERATOR_VERSION}"
     if (root / "seriesuids.csv").exists():
         return root
     logger.info("generating %d %s synthetic scan(s) (seed %d) into %s", num_scans, size, seed, root)

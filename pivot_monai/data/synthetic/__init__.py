@@ -9,8 +9,8 @@ with ``world = origin + direction @ (spacing * index)``.
 
 Size presets:
 
-* ``small``: 128-160 px in-plane at about 2.0-2.6 mm, 60-100 slices at 2.5-4 mm; about 0.5 s per scan on one CPU
-  core. For tests and quick demos.
+* ``small``: 128-160 px in-plane at about 2.0-2.6 mm, 110-200 slices at 1.5-2.5 mm (LUNA16's slice limit); under
+  1 s per scan on one CPU core. For tests and quick demos.
 * ``fullsize``: 512 x 512 in-plane at 0.6-1.0 mm (field of view fitted to the body), 110-300 slices of 1-2.5 mm
   (mostly 1.25-2 mm, some reconstructed thicker than their spacing) covering lungs 225-290 mm tall; 6-10 s per
   scan on one CPU core, about 1 GB peak memory.
@@ -30,9 +30,10 @@ from pivot_monai.data.synthetic.dataset import (
     synthesize_scan,
 )
 from pivot_monai.data.synthetic.nodules import sample_nodule_diameters
-from pivot_monai.data.synthetic.scanner import PRESETS
+from pivot_monai.data.synthetic.scanner import GENERATOR_VERSION, PRESETS
 
 __all__ = [
+    "GENERATOR_VERSION",
     "PRESETS",
     "SyntheticScan",
     "generate_dataset",
