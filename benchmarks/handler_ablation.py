@@ -4,9 +4,10 @@ Every arm trains the real bundle (``train.yaml`` + ``demo.yaml`` through ``monai
 same seed, for the same epochs and iterations per epoch, on the same synthetic training split, and differs from
 ``base`` only in the handler it switches on:
 
-* ``base``: the demo profile as ``make demo`` trains it;
-* ``mining``: ``training.hard_negative_mining`` (pool of false-positive peaks mined every ``--mining-interval``
-  epochs; crops are one positive per ``neg_pos_ratio`` negatives, ``batch_hard_ratio`` of them on pooled peaks);
+* ``base``: the demo profile with hard-negative mining switched off (as every arm below except ``mining``);
+* ``mining``: ``training.hard_negative_mining`` as the demo profile sets it (false-positive peaks mined every
+  ``interval`` epochs; crops are one positive per ``neg_pos_ratio`` negatives, ``batch_hard_ratio`` of them on
+  pooled peaks);
 * ``curriculum``: size-based stages, nodules >= 8 mm for the first fifth of the epochs, >= 5 mm for the next fifth;
 * ``progressive``: 32^3 patches two volumes a batch for the first half, then the profile's 48^3 patches;
 * ``pretrained``: ``training.pretrained`` from ``--pretrained`` (a model trained on other scans, e.g. ``make
@@ -86,16 +87,28 @@ def _progressive(epochs: int, patch: Sequence[int], depth: int) -> dict[str, Any
     return {"training#progressive#enabled": True, "training#progressive#stages": stages}
 
 
+MINING_OFF = {"training#hard_negative_mining#enabled": False}
+
+
+def _mining(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {"training#hard_negative_mining#enabled": True}
+    if args.mining_interval is not None:
+        out["training#hard_negative_mining#interval"] = args.mining_interval
+    if args.mining_threshold is not None:
+        out["training#hard_negative_mining#score_threshold"] = args.mining_threshold
+    return out
+
+
 ARMS: dict[str, Callable[[argparse.Namespace, Mapping[str, Any]], dict[str, Any]]] = {
-    "base": lambda a, s: {},
-    "mining": lambda a, s: {
-        "training#hard_negative_mining#enabled": True,
-        "training#hard_negative_mining#interval": a.mining_interval,
-        "training#hard_negative_mining#score_threshold": a.mining_threshold,
+    "base": lambda a, s: dict(MINING_OFF),
+    "mining": lambda a, s: _mining(a),
+    "curriculum": lambda a, s: {**MINING_OFF, **_curriculum(a.epochs)},
+    "progressive": lambda a, s: {
+        **MINING_OFF,
+        **_progressive(a.epochs, s["data"]["patch_size"], int(s["model"]["depth"])),
     },
-    "curriculum": lambda a, s: _curriculum(a.epochs),
-    "progressive": lambda a, s: _progressive(a.epochs, s["data"]["patch_size"], int(s["model"]["depth"])),
     "pretrained": lambda a, s: {
+        **MINING_OFF,
         "training#pretrained#checkpoint": str(a.pretrained),
         "training#pretrained#freeze_encoder": True,
         "training#pretrained#freeze_epochs": max(1, a.epochs // 4),
@@ -226,8 +239,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--train-seed", type=int, default=2000, help="seed of the training scans")
     p.add_argument("--test-scans", type=int, default=20, help="held-out scans")
     p.add_argument("--test-seed", type=int, default=1000, help="seed of the held-out scans (never trained on)")
-    p.add_argument("--mining-interval", type=int, default=4, help="epochs between mining rounds")
-    p.add_argument("--mining-threshold", type=float, default=0.3, help="smallest score of a mined false positive")
+    p.add_argument("--mining-interval", type=int, default=None, help="epochs between mining rounds (default: profile)")
+    p.add_argument("--mining-threshold", type=float, default=None, help="mined FP score floor (default: profile)")
     p.add_argument("--pretrained", type=Path, default=Path("bundle/models/model.pt"), help="pretrained arm's weights")
     p.add_argument("--merge", action="store_true", help="print one table of every handler_ablation*.json")
     p.add_argument("--quick", action="store_true", help="6 scans, 2 epochs, tiny network at 4 mm")
