@@ -123,9 +123,8 @@ def read_sitk(path: str | Path) -> sitk.Image:
         raise CTReadError(f"{p}: expected a 3D CT volume, got size {image.GetSize()} (a 2D image or a single slice?)")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(f"{p}: expected a scalar CT image, got {image.GetNumberOfComponentsPerPixel()} components")
-    image = sitk.Cast(image, sitk.sitkFloat32)
-    _check_hu_range(sitk.GetArrayViewFromImage(image), p)
-    return image
+    _check_hu_range(sitk.GetArrayViewFromImage(image), p)  # on the stored type: int16 is half the bytes to scan
+    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _check_mhd_payload(p: Path) -> None:
@@ -167,9 +166,9 @@ def _check_mhd_payload(p: Path) -> None:
 
 
 def _check_hu_range(values: np.ndarray, p: Path) -> None:
-    if not np.all(np.isfinite(values)):
+    lo, hi = float(values.min()), float(values.max())  # NaN propagates through min/max: no separate isfinite pass
+    if not (np.isfinite(lo) and np.isfinite(hi)):
         raise CTReadError(f"{p}: volume contains NaN or infinite values; expected Hounsfield units")
-    lo, hi = float(values.min()), float(values.max())
     if hi <= _CT_MIN_HU or lo >= _CT_MAX_HU or hi - lo < 100.0:
         raise CTReadError(
             f"{p}: values {lo:.1f}..{hi:.1f} do not look like CT in Hounsfield units "

@@ -104,3 +104,20 @@ def test_seriesuid_from_path():
     assert seriesuid_from_path("x/1.3.6.1.4.mhd") == "1.3.6.1.4"
     assert seriesuid_from_path("x/1.3.6.nii.gz") == "1.3.6"
     assert seriesuid_from_path("x/dicomdir") == "dicomdir"
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_infinite_values_are_rejected_with_the_file_name(tmp_path, rng, bad):
+    arr = _volume(rng).astype(np.float32)
+    arr[3, 4, 5] = bad
+    path = write_image(arr, Geometry((0.0, 0.0, 0.0), (1.0, 1.0, 2.0), np.eye(3), arr.shape), tmp_path / "1.2.9.mhd")
+    with pytest.raises(CTReadError, match=r"1\.2\.9\.mhd: volume contains NaN or infinite values"):
+        read_ct(path)
+
+
+def test_integer_scans_read_as_float32_hu(tmp_path, rng):
+    arr = _volume(rng)
+    path = write_image(arr, Geometry((0.0, 0.0, 0.0), (1.0, 1.0, 2.0), np.eye(3), arr.shape), tmp_path / "1.2.8.mhd")
+    vol = read_ct(path)
+    assert vol.array.dtype == np.float32
+    np.testing.assert_array_equal(vol.array, arr.astype(np.float32))
