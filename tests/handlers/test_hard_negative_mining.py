@@ -169,7 +169,7 @@ def test_merge_is_independent_of_rank_order():
 def test_handler_pools_only_false_positives_and_logs_them():
     writer = Writer()
     handler = _handler(summary_writer=writer, interval=2)
-    engine = _run(handler, epochs=4)
+    engine = _run(handler, epochs=5)
     pool = handler.pool
     assert pool.seriesuids() == ["scan-0", "scan-1"]
     assert pool.get("scan-0") == [(FP_VOX, pytest.approx(0.8))]  # nodule peak is a hit, the weak peak too low
@@ -193,6 +193,14 @@ def test_handler_mines_every_interval_epochs_only():
     assert calls == ["scan-0", "scan-1"]  # epoch 3 only
 
 
+def test_handler_skips_the_round_after_the_last_epoch():
+    calls = []
+    handler = _handler(interval=3)
+    handler.mine_item = lambda net, item: calls.append(item["seriesuid"]) or []
+    _run(handler, epochs=6)
+    assert calls == ["scan-0", "scan-1"]  # epoch 3; epoch 6 ends training, nothing would use its pool
+
+
 def test_subset_fraction_rotates_through_the_volumes_and_shards_by_rank():
     handler = _handler(subset_fraction=0.5)
     handler.dataset = _dataset(4)
@@ -204,7 +212,7 @@ def test_entries_mined_on_other_ranks_reach_every_pool(monkeypatch):
     other_rank = [("scan-9", [((3, 3, 3), 0.99)])]
     monkeypatch.setattr(hnm.idist, "all_gather", lambda local: [local, other_rank])
     handler = _handler()
-    _run(handler, epochs=1)
+    _run(handler, epochs=2)  # mines after epoch 1 (not after the last)
     assert handler.pool.seriesuids() == ["scan-0", "scan-1", "scan-9"]
 
 
