@@ -6,8 +6,8 @@ trains on a seed >= 1000) and evaluated from their raw ``.mhd`` files by
 bootstrap CI). The model is ``--checkpoint`` (default ``bundle/models/model.pt`` from ``make demo``), or one trained
 first with ``--train-profile``:
 
-* ``demo``: ``make demo``'s training (40 small scans of seed 0, split 70/15/15, ``demo.yaml``: 30 epochs); about
-  15 minutes on 2 idle cores;
+* ``demo``: ``make demo``'s training (40 small scans of seed 0, split 70/15/15, ``demo.yaml``: 30 epochs, mining on);
+  about 10 minutes on 2 idle cores (measured 10.1 min);
 * ``full``: a longer profile (120 scans, ``demo.yaml`` with 60 epochs and validation every 10); an estimate is
   logged before it starts (about 1.4 hours on 2 cores at 4 patches/s). Opt-in: ``make bench`` never trains.
 
