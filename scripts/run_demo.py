@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from pivot_monai.cli import main as pivot
+from pivot_monai.data.synthetic import dataset_is_current
 
 logger = logging.getLogger("pivot_monai.demo")
 
@@ -26,7 +28,7 @@ DEMO_CONFIG = Path("bundle/configs/demo.yaml")
 def run(work_dir: Path, num_scans: int, seed: int) -> int:
     raw, processed = work_dir / "raw", work_dir / "processed"
     config = ["--config", str(DEMO_CONFIG)] if DEMO_CONFIG.exists() else []
-    steps: list[tuple[str, list[str], Path]] = [
+    steps: list[tuple[str, list[str]]] = [
         (
             "synth",
             [
@@ -42,19 +44,24 @@ def run(work_dir: Path, num_scans: int, seed: int) -> int:
                 "--preview",
                 str(work_dir / "preview.png"),
             ],
-            raw / "seriesuids.csv",
         ),
         (
             "preprocess",
             ["preprocess", "--input-dir", str(raw), "--output-dir", str(processed), "--workers", "2", *config],
-            processed / "preprocess_report.json",
         ),
-        ("split", ["split", "--data-dir", str(processed), "--seed", str(seed)], processed / "datalist.json"),
+        ("split", ["split", "--data-dir", str(processed), "--seed", str(seed)]),
     ]
-    for name, argv, done in steps:
-        if done.exists() and name == "synth":
-            logger.info("[demo] %s: %s exists, skipping", name, done)
+    for name, argv in steps:
+        if name == "synth" and dataset_is_current(raw, num_scans, seed, "small"):
+            logger.info("[demo] %s: %s holds the current synthetic data, skipping", name, raw)
             continue
+        if name == "synth" and raw.exists():
+            # an older generator version (or other settings) renders different scans: stale raw and processed data
+            # would silently change the demo's results, so both are rebuilt
+            logger.warning("[demo] %s: %s is not this generator's %d scans of seed %d; regenerating", name, raw,
+                           num_scans, seed)  # fmt: skip
+            shutil.rmtree(raw)
+            shutil.rmtree(processed, ignore_errors=True)
         logger.info("[demo] %s: pivot %s", name, " ".join(argv))
         code = pivot(argv)
         if code:

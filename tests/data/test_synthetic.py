@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import re
+import shutil
 import time
 
 import numpy as np
@@ -16,7 +17,9 @@ from pivot_monai.data.annotations import Nodule, read_annotations, read_seriesui
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import read_ct, write_image
 from pivot_monai.data.synthetic import (
+    GENERATOR_VERSION,
     PRESETS,
+    dataset_is_current,
     generate_dataset,
     generate_scan,
     make_seriesuid,
@@ -74,6 +77,22 @@ def test_dataset_has_luna16_layout(datasets):
         assert next(csv.reader(fh))[:5] == ["seriesuid", "coordX", "coordY", "coordZ", "diameter_mm"]
     annotated = read_annotations(a / "annotations.csv")
     assert {uid: len(annotated.get(uid, [])) for uid in uids} == {s["uid"]: s["n_nodules"] for s in summaries["a"]}
+
+
+def test_dataset_is_current_only_for_this_generator_and_these_settings(datasets, tmp_path):
+    root, _ = datasets
+    assert dataset_is_current(root / "a", 2, seed=DATASET_SEED)
+    assert not dataset_is_current(root / "a", 3, seed=DATASET_SEED)  # other settings
+    assert not dataset_is_current(root / "a", 2, seed=DATASET_SEED + 1)
+    assert not dataset_is_current(root / "a", 2, seed=DATASET_SEED, size="fullsize")
+    assert not dataset_is_current(tmp_path / "missing", 2, seed=DATASET_SEED)
+    old = tmp_path / "old"
+    shutil.copytree(root / "a", old)
+    manifest = json.loads((old / "synthetic.json").read_text())
+    (old / "synthetic.json").write_text(json.dumps({**manifest, "generator_version": GENERATOR_VERSION - 1}))
+    assert not dataset_is_current(old, 2, seed=DATASET_SEED)  # an older generator renders other scans
+    (old / "synthetic.json").unlink()
+    assert not dataset_is_current(old, 2, seed=DATASET_SEED)  # partial: the manifest is written last
 
 
 def test_summary_describes_each_scan(datasets):

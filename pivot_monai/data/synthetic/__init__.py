@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from pivot_monai.data.synthetic.dataset import (
     SyntheticScan,
+    dataset_is_current,
     generate_dataset,
     generate_scan,
     make_seriesuid,
@@ -36,6 +37,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "PRESETS",
     "SyntheticScan",
+    "dataset_is_current",
     "generate_dataset",
     "generate_scan",
     "make_seriesuid",

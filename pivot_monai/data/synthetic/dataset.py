@@ -31,15 +31,32 @@ from pivot_monai.data.synthetic.anatomy import render_anatomy
 from pivot_monai.data.synthetic.chest_sampling import sample_chest_model
 from pivot_monai.data.synthetic.nodules import render_nodule, sample_findings
 from pivot_monai.data.synthetic.placement import place_findings
-from pivot_monai.data.synthetic.scanner import PRESETS, apply_scanner, orient, sample_grid, signed_permutation
+from pivot_monai.data.synthetic.scanner import (
+    GENERATOR_VERSION,
+    PRESETS,
+    apply_scanner,
+    orient,
+    sample_grid,
+    signed_permutation,
+)
 from pivot_monai.data.synthetic.vessels import draw_trees, grow_trees
 
-__all__ = ["SyntheticScan", "generate_dataset", "generate_scan", "make_seriesuid", "scan_rng", "synthesize_scan"]
+__all__ = [
+    "MANIFEST_NAME",
+    "SyntheticScan",
+    "dataset_is_current",
+    "generate_dataset",
+    "generate_scan",
+    "make_seriesuid",
+    "scan_rng",
+    "synthesize_scan",
+]
 
 logger = logging.getLogger(__name__)
 
 LIDC_UID_PREFIX = "1.3.6.1.4.1.14519.5.2.1.6279.6001."
 FINDINGS_NAME = "synthetic_findings.json"
+MANIFEST_NAME = "synthetic.json"  # written last: generator version and settings of a complete dataset
 
 
 @dataclass
@@ -248,8 +265,42 @@ def generate_dataset(
     (root / "seriesuids.csv").write_text("seriesuid\n" + "".join(f"{s['uid']}\n" for s in summary))
     stable = [{k: v for k, v in s.items() if k not in ("seconds", "path")} for s in summary]
     (root / FINDINGS_NAME).write_text(json.dumps(stable, indent=1) + "\n")
+    manifest = _manifest(int(num_scans), seed, size, subset, direction)
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
     if preview is not None:
         from pivot_monai.data.synthetic.preview import render_preview
 
         render_preview(root, preview)
     return summary
+
+
+def _manifest(num_scans: int, seed: int, size: str, subset: str, direction: np.ndarray | None) -> dict[str, Any]:
+    flat = None if direction is None else np.asarray(direction, dtype=float).round(6).reshape(-1).tolist()
+    return {
+        "generator_version": GENERATOR_VERSION,
+        "num_scans": num_scans,
+        "seed": seed,
+        "size": size,
+        "subset": subset,
+        "direction": flat,
+    }
+
+
+def dataset_is_current(
+    output_dir: str | Path,
+    num_scans: int,
+    seed: int = 0,
+    size: str = "small",
+    subset: str = "subset0",
+    direction: np.ndarray | None = None,
+) -> bool:
+    """Whether ``output_dir`` holds a complete dataset that :func:`generate_dataset` would write now.
+
+    False for a missing or partial dataset, other settings, or one written by an older generator version (the same
+    seed then renders different scans), so callers that reuse generated data regenerate it instead.
+    """
+    try:
+        manifest = json.loads((Path(output_dir) / MANIFEST_NAME).read_text())
+    except (OSError, ValueError):
+        return False
+    return manifest == _manifest(int(num_scans), seed, size, subset, direction)
