@@ -38,6 +38,7 @@ from benchmarks.common import (
     WORK_DIR,
     Row,
     ensure_raw_dataset,
+    ensure_training_split,
     format_table,
     load_profile,
     resolve_checkpoint,
@@ -72,16 +73,8 @@ def train_profile(name: str, config: Path) -> tuple[Path, float]:
     """Generate, preprocess and split the profile's training data, train with the bundle; (checkpoint, seconds)."""
     from monai.bundle import ConfigWorkflow
 
-    from pivot_monai.data.preprocess import PreprocessConfig
-    from pivot_monai.data.raw_dataset import preprocess_dataset
-    from pivot_monai.data.splits import create_splits
-    from pivot_monai.train_config import load_data_section
-
     profile = TRAIN_PROFILES[name]
-    raw = ensure_raw_dataset("small", profile["scans"], 0)
-    processed = WORK_DIR / f"processed_{raw.name}_{config.stem}"
-    preprocess_dataset(raw, processed, PreprocessConfig.from_data_section(load_data_section(config)), workers=2)
-    splits = create_splits(processed, 0.7, 0.15, 0.15, seed=0)
+    processed, splits = ensure_training_split(0, profile["scans"], config)
     sections = load_profile(config)
     epochs = int(profile["overrides"].get("training#epochs", sections["training"]["epochs"]))
     estimate = _estimate_seconds(epochs, len(splits["training"]), int(sections["data"]["samples_per_volume"]))

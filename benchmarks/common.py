@@ -392,6 +392,29 @@ def ensure_raw_dataset(size: str, num_scans: int, seed: int) -> Path:
     return root
 
 
+def ensure_training_split(
+    seed: int, num_scans: int, config: str | Path, overrides: Mapping[str, Any] | None = None
+) -> tuple[Path, dict[str, list[str]]]:
+    """Small synthetic scans of ``seed`` preprocessed with the ``data`` section of ``config`` and split 70/15/15.
+
+    Generated and preprocessed once under ``benchmarks/work/`` (finished scans are skipped on reruns; the split is
+    seeded, so relinking it gives the same split).
+
+    Returns:
+        (the processed dataset root with ``train``/``val``/``test``, the split's seriesuids per key).
+    """
+    from pivot_monai.data.preprocess import PreprocessConfig
+    from pivot_monai.data.raw_dataset import preprocess_dataset
+    from pivot_monai.data.splits import create_splits
+
+    raw = ensure_raw_dataset("small", num_scans, seed)
+    data = load_profile(config, overrides)["data"]
+    spacing = "x".join(f"{v:g}" for v in data["target_spacing"])
+    processed = WORK_DIR / f"processed_{raw.name}_{Path(config).stem}_{spacing}mm"
+    preprocess_dataset(raw, processed, PreprocessConfig.from_data_section(data), workers=2)
+    return processed, create_splits(processed, 0.7, 0.15, 0.15, seed=seed)
+
+
 def load_profile(config: str | Path | None, overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """The guide sections ``data``, ``model``, ``inference`` and ``training`` of ``train.yaml`` + ``config``.
 

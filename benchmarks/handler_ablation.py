@@ -50,6 +50,7 @@ from benchmarks.common import (
     WORK_DIR,
     Row,
     ensure_raw_dataset,
+    ensure_training_split,
     format_table,
     load_profile,
     setup_logging,
@@ -121,22 +122,6 @@ def fps_at_sensitivity(fps: Sequence[float], sensitivity: Sequence[float], targe
     """Fewest FP/scan at which the FROC curve reaches ``target`` sensitivity (``inf`` if it never does)."""
     reached = np.asarray(sensitivity) >= target - 1e-9
     return float(np.min(np.asarray(fps)[reached])) if reached.any() else float("inf")
-
-
-def training_data(seed: int, scans: int, config: Path, overrides: Mapping[str, Any] | None) -> Path:
-    """The processed, split training dataset of the ablation (generated once under ``benchmarks/work/``)."""
-    from pivot_monai.data.preprocess import PreprocessConfig
-    from pivot_monai.data.raw_dataset import preprocess_dataset
-    from pivot_monai.data.splits import create_splits
-
-    raw = ensure_raw_dataset("small", scans, seed)
-    data = load_profile(config, overrides)["data"]
-    tag = "x".join(f"{v:g}" for v in data["target_spacing"])
-    processed = WORK_DIR / f"processed_{raw.name}_{config.stem}_{tag}mm"
-    if not (processed / "datalist.json").exists():
-        preprocess_dataset(raw, processed, PreprocessConfig.from_data_section(data), workers=2)
-        create_splits(processed, 0.7, 0.15, 0.15, seed=seed)
-    return processed
 
 
 def _froc(candidates_csv: Path, test_dir: Path) -> Any:
@@ -263,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     if "tta" in args.arms and "base" not in args.arms and not (WORK_DIR / NAME / "base" / "models").exists():
         raise SystemExit("the tta arm evaluates the base arm's model: run --arms base first (or together)")
     overrides = QUICK if args.quick else None
-    processed = training_data(args.train_seed, args.scans, args.config, overrides)
+    processed, _ = ensure_training_split(args.train_seed, args.scans, args.config, overrides)
     test_dir = ensure_raw_dataset("small", args.test_scans, args.test_seed)
     arms = sorted(args.arms, key=lambda a: a in EVAL_ONLY)  # trained arms first
     results = {name: run_arm(name, args, processed, test_dir) for name in arms}

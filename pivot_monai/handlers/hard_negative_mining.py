@@ -158,13 +158,13 @@ class HardNegativeMiningHandler:
         )
 
     def __call__(self, engine: Engine) -> None:
+        if engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs:
+            return  # no epoch left to train on this round's hard negatives
         net = (
             self.network.module
             if isinstance(self.network, (nn.DataParallel, nn.parallel.DistributedDataParallel))
             else self.network
         )
-        if engine.state.max_epochs is not None and engine.state.epoch >= engine.state.max_epochs:
-            return  # no epoch left to train on this round's hard negatives
         start = time.perf_counter()
         round_index = max(engine.state.epoch // self.interval - 1, 0)  # from the epoch: resumes keep rotating
         indices = self.round_indices(round_index, idist.get_rank(), idist.get_world_size())

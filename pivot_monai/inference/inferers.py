@@ -75,22 +75,20 @@ class TTAInferer(Inferer):
         x = F.pad(inputs, pad, value=0.0) if any(pad) else inputs
         total: Any = None
         for name in names:
-            out = self.inferer(augment(x, name), network, *args, **kwargs)
-            if isinstance(out, Mapping):
-                out = {k: invert(v, name) for k, v in out.items()}
-                total = out if total is None else {k: total[k] + v for k, v in out.items()}
-            elif isinstance(out, (tuple, list)):
-                out = [invert(v, name) for v in out]
-                total = out if total is None else [t + v for t, v in zip(total, out)]
-            else:
-                out = invert(out, name)
-                total = out if total is None else total + out
+            out = _leafwise(lambda v, n=name: invert(v, n), self.inferer(augment(x, name), network, *args, **kwargs))
+            total = out if total is None else _leafwise(torch.add, total, out)
         crop = (..., *(slice(0, math.ceil(n / s)) for n in size))
-        if isinstance(total, Mapping):
-            return {k: (v / len(names))[crop] for k, v in total.items()}
-        if isinstance(total, list):
-            return [(v / len(names))[crop] for v in total]
-        return (total / len(names))[crop]
+        return _leafwise(lambda v: (v / len(names))[crop], total)
+
+
+def _leafwise(fn: Callable[..., torch.Tensor], first: Any, *rest: Any) -> Any:
+    """``fn`` over the tensors of an inferer output (a tensor, a tuple/list or a mapping of them), zipped with
+    ``rest`` of the same structure; tuples come back as lists."""
+    if isinstance(first, Mapping):
+        return {k: fn(v, *(r[k] for r in rest)) for k, v in first.items()}
+    if isinstance(first, (tuple, list)):
+        return [fn(*vs) for vs in zip(first, *rest)]
+    return fn(first, *rest)
 
 
 def fit_roi(

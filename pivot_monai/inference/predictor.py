@@ -275,9 +275,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
-        self.inferer = inferer or SlidingWindowInferer(
-            roi_size=self.roi_size, sw_batch_size=int(sw_batch_size), overlap=float(overlap), mode=blend_mode
-        )
+        self.inferer = inferer or self._window_inferer(self.roi_size)
 
     @classmethod
     def from_config(

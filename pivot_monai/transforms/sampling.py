@@ -44,8 +44,9 @@ __all__ = [
 ]
 
 CROP_KINDS = ("positive", "hard_negative", "negative")
-POSITIVE_SAMPLING = ("instance", "voxel")
 """Values of the ``"crop_kind"`` key added to every crop."""
+POSITIVE_SAMPLING = ("instance", "voxel")
+"""Values of ``data.positive_sampling``: draw a nodule uniformly, or a nodule voxel uniformly (MONAI's way)."""
 
 _BACKGROUND_TRIES = 64
 
