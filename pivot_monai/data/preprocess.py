@@ -165,15 +165,36 @@ def crop_box(
     return full.crop(tuple(lo), tuple(hi)), tuple(int(v) for v in lo), True
 
 
+def _antialias_sigmas(spacing: np.ndarray, target_spacing: np.ndarray) -> np.ndarray:
+    """Gaussian low-pass sigma in mm per axis before resampling ``spacing`` to ``target_spacing`` (0: none needed).
+
+    ``sigma = spacing * sqrt(ratio**2 - 1) / 2`` widens the voxel's own blur to about half the target voxel, for
+    axes downsampled by more than 1.5x; milder downsampling aliases too little to pay for a filter pass.
+    """
+    ratio = np.asarray(target_spacing, float) / np.asarray(spacing, float)
+    return np.where(ratio > 1.5, spacing * np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0)) / 2.0, 0.0)
+
+
 def _resample(raw: sitk.Image, target: Geometry) -> sitk.Image:
-    """Resample ``raw`` onto ``target`` (linear), low-pass filtering first where it is downsampled (no aliasing)."""
-    raw_spacing = np.asarray(raw.GetSpacing())
-    ratio = np.asarray(target.spacing) / raw_spacing
-    if np.any(ratio > 1.5):
-        sigma = [
-            float(s * np.sqrt(max(r * r - 1.0, 0.0)) / 2.0) if r > 1.5 else 0.0 for s, r in zip(raw_spacing, ratio)
-        ]
-        raw = sitk.SmoothingRecursiveGaussian(raw, [max(v, 1e-3) for v in sigma])
+    """Resample ``raw`` onto ``target`` (linear), low-pass filtering first where it is downsampled (no aliasing).
+
+    The low-pass is done in two steps: ``BinShrink`` by the whole factor ``f = floor(ratio)`` of each axis (a box
+    average whose variance, ``spacing**2 (f**2 - 1) / 12``, is part of the blur), then a Gaussian with the remaining
+    variance on the ``f_x f_y f_z`` times smaller image. A 0.7 mm, 512 x 512 scan going to 2 mm is smoothed on a
+    quarter of its voxels, with the same overall blur as one Gaussian on the full grid (0.55 -> 0.3 s per fullsize
+    scan, see ``benchmarks/bench_preprocess.py``). ``BinShrink`` puts each output voxel at the centre of its bin, so
+    world positions are unchanged (tested in ``tests/data/test_preprocess.py``).
+    """
+    spacing = np.asarray(raw.GetSpacing(), float)
+    sigma = _antialias_sigmas(spacing, np.asarray(target.spacing, float))
+    if np.any(sigma > 0):
+        factors = np.maximum(1, np.floor(np.asarray(target.spacing, float) / spacing)).astype(int)
+        factors = np.where(sigma > 0, np.minimum(factors, np.asarray(raw.GetSize()) // 2), 1).clip(min=1)
+        if np.any(factors > 1):
+            raw = sitk.BinShrink(raw, [int(f) for f in factors])
+        residual = np.sqrt(np.maximum(sigma**2 - spacing**2 * (factors**2 - 1) / 12.0, 0.0))
+        if np.any(residual > 0):
+            raw = sitk.SmoothingRecursiveGaussian(raw, [float(max(v, 1e-3)) for v in residual])
     return sitk.Resample(
         raw,
         [int(v) for v in target.size],
@@ -187,7 +208,7 @@ def _resample(raw: sitk.Image, target: Geometry) -> sitk.Image:
     )
 
 
-def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 3) -> sitk.Image:
+def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 6) -> sitk.Image:
     """The part of ``raw`` that covers ``target`` (so smoothing and resampling only touch that region)."""
     raw_geom = Geometry.from_sitk(raw)
     corners = np.array(

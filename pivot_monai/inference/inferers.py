@@ -5,9 +5,10 @@
 ``train.yaml`` wraps the sliding window in it when ``inference.tta.enabled``). The augmentation maths is in
 :mod:`pivot_monai.inference.tta`.
 
-:func:`fit_roi` chooses the inference window per volume. The detector is fully convolutional, so inference need not
-use the training patch: fewer, larger windows waste less compute on overlaps (with ``overlap`` 0.25 a 48^3 window
-computes each voxel about 2.4 times).
+:func:`fit_roi` chooses the inference window per volume and :class:`FittedWindowInferer` is the sliding window that
+uses it (the bundle's validation and mining; ``Predictor`` runs the same inferer). The detector is fully
+convolutional, so inference need not use the training patch: fewer, larger windows waste less compute on overlaps
+(with ``overlap`` 0.25 a 48^3 window computes each voxel about 2.4 times).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import Inferer
+from monai.inferers import Inferer, SlidingWindowInferer
 
 from pivot_monai.inference.tta import IDENTITY, TTASettings, augment, invert
 
-__all__ = ["TTAInferer", "fit_roi"]
+__all__ = ["FittedWindowInferer", "TTAInferer", "fit_roi"]
 
 
 class TTAInferer(Inferer):
@@ -130,3 +131,78 @@ def fit_roi(
         want = n if k == 1 else math.ceil(n / k * 1.25)
         roi.append(max(lo, min(hi, math.ceil(want / multiple) * multiple)))
     return tuple(roi)
+
+
+class FittedWindowInferer(Inferer):
+    """MONAI's ``SlidingWindowInferer`` with its window fitted to each input by :func:`fit_roi`.
+
+    With ``max_roi=None`` it is a plain sliding window of ``roi_size``. The bundle uses it for validation and
+    hard-negative mining, so both see the windows ``pivot infer`` uses (``inference.roi_size``).
+
+    Args:
+        roi_size: the smallest window (``data.patch_size``), and the window when ``max_roi`` is ``None``.
+        max_roi: the largest window (``inference.roi_size``), or ``None``.
+        multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 1.
+        sw_batch_size: windows per forward pass. Default 1.
+        overlap: window overlap in [0, 1). Default 0.25.
+        mode: blending, ``"gaussian"`` or ``"constant"``. Default ``"gaussian"``.
+        **kwargs: further ``SlidingWindowInferer`` arguments.
+
+    Example:
+        >>> inferer = FittedWindowInferer((16, 16, 16), max_roi=(64, 64, 64), multiple=8)
+        >>> inferer.window((40, 20, 70))
+        (40, 24, 48)
+    """
+
+    def __init__(
+        self,
+        roi_size: Sequence[int],
+        max_roi: Sequence[int] | None = None,
+        multiple: int = 1,
+        sw_batch_size: int = 1,
+        overlap: float = 0.25,
+        mode: str = "gaussian",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__()
+        self.roi_size = tuple(int(v) for v in roi_size)
+        self.max_roi = None if max_roi is None else tuple(int(v) for v in max_roi)
+        if self.max_roi is not None:
+            if len(self.max_roi) != len(self.roi_size) or any(m < r for m, r in zip(self.max_roi, self.roi_size)):
+                raise ValueError(
+                    f"inference.roi_size must be {len(self.roi_size)} sizes >= data.patch_size {list(self.roi_size)} "
+                    f"(or null), got {list(self.max_roi)}"
+                )
+            fit_roi(self.roi_size, self.max_roi, multiple)  # fail now on a max_roi the network cannot take
+        self.multiple = int(multiple)
+        self.settings = {"sw_batch_size": int(sw_batch_size), "overlap": overlap, "mode": mode, **kwargs}
+        self._inferers: dict[tuple[int, ...], SlidingWindowInferer] = {}
+
+    def window(self, size: Sequence[int]) -> tuple[int, ...]:
+        """The window for a volume of ``size`` (spatial)."""
+        if self.max_roi is None:
+            return self.roi_size
+        return fit_roi(size, self.max_roi, self.multiple, min_roi=self.roi_size)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Sliding-window inference of ``inputs`` (B, C, *spatial) with the window fitted to its size.
+
+        An input smaller than the window is zero-padded at the far end (MONAI would pad both ends, which shifts
+        maps of a network with an output stride > 1 by a fraction of a voxel) and the outputs are cropped back to
+        ``ceil(size / stride)``.
+        """
+        size = tuple(int(n) for n in inputs.shape[2:])
+        roi = self.window(size)
+        if roi not in self._inferers:
+            self._inferers[roi] = SlidingWindowInferer(roi_size=roi, **self.settings)
+        padded = tuple(max(n, r) for n, r in zip(size, roi))
+        if padded == size:
+            return self._inferers[roi](inputs, network, *args, **kwargs)
+        pad = [p for n, t in reversed(list(zip(size, padded))) for p in (0, t - n)]
+        out = self._inferers[roi](F.pad(inputs, pad, value=0.0), network, *args, **kwargs)
+
+        def crop(v: torch.Tensor) -> torch.Tensor:
+            scale = [o / t for o, t in zip(v.shape[2:], padded)]
+            return v[(..., *(slice(0, math.ceil(n * f)) for n, f in zip(size, scale)))]
+
+        return _leafwise(crop, out)

@@ -24,10 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from monai.inferers import Inferer, SlidingWindowInferer
+from monai.inferers import Inferer
 from monai.utils import optional_import
 
-from pivot_monai.inference.inferers import TTAInferer, fit_roi
+from pivot_monai.inference.inferers import FittedWindowInferer, TTAInferer
 from pivot_monai.inference.tta import TTASettings
 from pivot_monai.networks import OUTPUT_KEYS, build_network
 
@@ -263,11 +263,6 @@ class Predictor:
             raise ValueError(f"inference.sw_batch_size must be >= 1, got {sw_batch_size}")
         if blend_mode not in ("gaussian", "constant"):
             raise ValueError(f"inference.blend_mode must be 'gaussian' or 'constant', got {blend_mode!r}")
-        if max_roi is not None and (len(max_roi) != 3 or any(int(m) < int(r) for m, r in zip(max_roi, self.roi_size))):
-            raise ValueError(
-                f"inference.roi_size must be 3 sizes >= data.patch_size {list(self.roi_size)} (or null), got "
-                f"{list(max_roi)}"
-            )
         self.network = network
         self.max_roi = None if max_roi is None else tuple(int(v) for v in max_roi)
         self.multiple = int(multiple)
@@ -275,7 +270,10 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
-        self.inferer = inferer or self._window_inferer(self.roi_size)
+        self.windows = FittedWindowInferer(
+            self.roi_size, self.max_roi, self.multiple, self.sw_batch_size, self.overlap, self.blend_mode
+        )
+        self.inferer = inferer or self.windows
 
     @classmethod
     def from_config(
@@ -374,7 +372,7 @@ class Predictor:
         target = [max(r, math.ceil(n / s) * s) for n, r in zip(size, roi)]
         pad = [p for n, t in reversed(list(zip(size, target))) for p in (0, t - n)]
         x = F.pad(x, pad, value=0.0)
-        inferer = self.inferer if self.max_roi is None else self._window_inferer(roi)
+        inferer = self.inferer
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)  # MONAI
             out = _as_dict(TTAInferer(inferer, self.tta, s)(x, self._forward), "sliding-window output")
@@ -387,12 +385,5 @@ class Predictor:
         With ``max_roi`` the window comes from :func:`~pivot_monai.inference.inferers.fit_roi`: whole axes where
         they fit, else a few equal windows, never smaller than ``roi_size``.
         """
-        if self.max_roi is None:
-            return self.roi_size
-        multiple = max(self.multiple, self.output_stride or 1)
-        return fit_roi(size, self.max_roi, multiple, min_roi=self.roi_size)  # type: ignore[return-value]
-
-    def _window_inferer(self, roi: Sequence[int]) -> SlidingWindowInferer:
-        return SlidingWindowInferer(
-            roi_size=tuple(roi), sw_batch_size=self.sw_batch_size, overlap=self.overlap, mode=self.blend_mode
-        )
+        self.windows.multiple = max(self.multiple, self.output_stride or 1)
+        return self.windows.window(size)  # type: ignore[return-value]

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-from pivot_monai.inference.inferers import TTAInferer, fit_roi
+from pivot_monai.inference.inferers import FittedWindowInferer, TTAInferer, fit_roi
 from pivot_monai.inference.predictor import Predictor
 
 TTA8 = {"enabled": True, "augmentation_types": ["flip_x", "flip_y", "rotate_90"], "num_augmentations": 8}
@@ -117,3 +117,29 @@ def test_sliding_window_inferer_inside_tta_inferer_matches_predictor():
     predicted = Predictor(net, (16, 16, 16), tta=TTA8, output_stride=1)(x)
     for key in predicted:
         torch.testing.assert_close(direct[key], predicted[key], atol=1e-5, rtol=1e-5)
+
+
+def test_fitted_window_inferer_is_the_plain_sliding_window_without_max_roi():
+    x = torch.rand(1, 1, 40, 36, 30, generator=torch.Generator().manual_seed(8))
+    net = lambda t: {"heatmap": torch.sigmoid(F.avg_pool3d(t, 3, stride=1, padding=1))}  # noqa: E731 (needs context)
+    plain = SlidingWindowInferer((16, 16, 16), sw_batch_size=2, overlap=0.25, mode="gaussian")(x, net)
+    fitted = FittedWindowInferer((16, 16, 16), None, 8, sw_batch_size=2, overlap=0.25, mode="gaussian")(x, net)
+    torch.testing.assert_close(fitted["heatmap"], plain["heatmap"])
+
+
+def test_fitted_window_inferer_pads_at_the_far_end_so_stride_2_maps_stay_aligned():
+    # MONAI alone pads both ends of an input smaller than the window, which shifts stride-2 maps by a fraction
+    x = torch.rand(1, 1, 13, 21, 18, generator=torch.Generator().manual_seed(4))
+    inferer = FittedWindowInferer((8, 8, 8), max_roi=(32, 32, 32), multiple=8)
+    assert inferer.window(x.shape[2:]) == (16, 24, 24)
+    out = inferer(x, _pool)
+    expected = F.avg_pool3d(F.pad(x, (0, 6, 0, 3, 0, 3)), 2)[..., :7, :11, :9]
+    assert out["heatmap"].shape == (1, 1, 7, 11, 9)
+    torch.testing.assert_close(out["heatmap"], expected, atol=1e-6, rtol=0)
+
+
+def test_fitted_window_inferer_checks_max_roi():
+    with pytest.raises(ValueError, match=r"inference.roi_size must be 3 sizes >= data.patch_size \[16, 16, 16\]"):
+        FittedWindowInferer((16, 16, 16), max_roi=(8, 8, 8), multiple=8)
+    with pytest.raises(ValueError, match=r"divisible by 16"):
+        FittedWindowInferer((16, 16, 16), max_roi=(40, 40, 40), multiple=16)
