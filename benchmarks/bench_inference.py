@@ -257,7 +257,7 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
             "" if quick else f"<= {TARGET_SECONDS:g}"),
         Row(NAME, "speed-up vs plain MONAI sliding window (x)", b["seconds_per_scan"] / a["seconds_per_scan"],
             target="" if quick else f">= {TARGET_SPEEDUP:g}"),
-        Row(NAME, "network s/scan (fitted windows in the lung box vs 48^3 windows over the scan)",
+        Row(NAME, "network s/scan (inference.roi_size windows in the lung box vs patch windows over the scan)",
             a["stage_seconds"]["network"], b["stage_seconds"]["network"]),
         Row(NAME, "read + preprocess + decode s/scan", _fixed(a), _fixed(b)),
         Row(NAME, f"peak RSS MB{tag}", a["peak_rss_mb"], b["peak_rss_mb"], "" if quick else f"<= {TARGET_RSS_MB:g}"),
