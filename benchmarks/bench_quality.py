@@ -9,7 +9,7 @@ first with ``--train-profile``:
 * ``demo``: ``make demo``'s training (40 small scans of seed 0, split 70/15/15, ``demo.yaml``: 45 epochs, mining on);
   about 13.5 minutes on 2 idle cores (measured 13.4 min);
 * ``full``: a longer profile (120 scans, ``demo.yaml`` with 60 epochs and validation every 10); an estimate is
-  logged before it starts (about 1.4 hours on 2 cores at 4 patches/s). Opt-in: ``make bench`` never trains.
+  logged before it starts; measured 76.5 min on a 2-core VM, half of it shared. Opt-in: ``make bench`` never trains.
 
 Without a trained model, seeded random weights are evaluated and the numbers are meaningless (a warning says so).
 
