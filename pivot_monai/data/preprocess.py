@@ -171,7 +171,8 @@ def _antialias_sigmas(spacing: np.ndarray, target_spacing: np.ndarray) -> np.nda
     ``sigma = spacing * sqrt(ratio**2 - 1) / 2`` widens the voxel's own blur to about half the target voxel, for
     axes downsampled by more than 1.5x; milder downsampling aliases too little to pay for a filter pass.
     """
-    ratio = np.asarray(target_spacing, float) / np.asarray(spacing, float)
+    spacing = np.asarray(spacing, float)
+    ratio = np.asarray(target_spacing, float) / spacing
     return np.where(ratio > 1.5, spacing * np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0)) / 2.0, 0.0)
 
 
@@ -188,8 +189,9 @@ def _resample(raw: sitk.Image, target: Geometry) -> sitk.Image:
     spacing = np.asarray(raw.GetSpacing(), float)
     sigma = _antialias_sigmas(spacing, np.asarray(target.spacing, float))
     if np.any(sigma > 0):
-        factors = np.maximum(1, np.floor(np.asarray(target.spacing, float) / spacing)).astype(int)
-        factors = np.where(sigma > 0, np.minimum(factors, np.asarray(raw.GetSize()) // 2), 1).clip(min=1)
+        # whole factor of each filtered axis, leaving at least 2 voxels; 1 (no shrink) elsewhere
+        whole = np.floor(np.asarray(target.spacing, float) / spacing)
+        factors = np.where(sigma > 0, np.minimum(whole, np.asarray(raw.GetSize()) // 2), 1).clip(min=1).astype(int)
         if np.any(factors > 1):
             raw = sitk.BinShrink(raw, [int(f) for f in factors])
         residual = np.sqrt(np.maximum(sigma**2 - spacing**2 * (factors**2 - 1) / 12.0, 0.0))

@@ -176,7 +176,6 @@ class FittedWindowInferer(Inferer):
             fit_roi(self.roi_size, self.max_roi, multiple)  # fail now on a max_roi the network cannot take
         self.multiple = int(multiple)
         self.settings = {"sw_batch_size": int(sw_batch_size), "overlap": overlap, "mode": mode, **kwargs}
-        self._inferers: dict[tuple[int, ...], SlidingWindowInferer] = {}
 
     def window(self, size: Sequence[int]) -> tuple[int, ...]:
         """The window for a volume of ``size`` (spatial)."""
@@ -193,13 +192,12 @@ class FittedWindowInferer(Inferer):
         """
         size = tuple(int(n) for n in inputs.shape[2:])
         roi = self.window(size)
-        if roi not in self._inferers:
-            self._inferers[roi] = SlidingWindowInferer(roi_size=roi, **self.settings)
+        inferer = SlidingWindowInferer(roi_size=roi, **self.settings)  # cheap: it holds settings only
         padded = tuple(max(n, r) for n, r in zip(size, roi))
         if padded == size:
-            return self._inferers[roi](inputs, network, *args, **kwargs)
+            return inferer(inputs, network, *args, **kwargs)
         pad = [p for n, t in reversed(list(zip(size, padded))) for p in (0, t - n)]
-        out = self._inferers[roi](F.pad(inputs, pad, value=0.0), network, *args, **kwargs)
+        out = inferer(F.pad(inputs, pad, value=0.0), network, *args, **kwargs)
 
         def crop(v: torch.Tensor) -> torch.Tensor:
             scale = [o / t for o, t in zip(v.shape[2:], padded)]

@@ -270,8 +270,14 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
+        # fitted windows are multiples of the output stride too; a measured stride updates this in stride()
         self.windows = FittedWindowInferer(
-            self.roi_size, self.max_roi, self.multiple, self.sw_batch_size, self.overlap, self.blend_mode
+            self.roi_size,
+            self.max_roi,
+            max(self.multiple, output_stride or 1),
+            self.sw_batch_size,
+            self.overlap,
+            self.blend_mode,
         )
         self.inferer = inferer or self.windows
 
@@ -325,6 +331,7 @@ class Predictor:
                     f"{list(self.roi_size)}; check data.patch_size against the model"
                 )
             self.output_stride = int(next(iter(ratios)))
+            self.windows.multiple = max(self.multiple, self.output_stride)
             logger.debug("measured output stride %d", self.output_stride)
             self._check_alignment()
         return int(self.output_stride)
@@ -385,5 +392,4 @@ class Predictor:
         With ``max_roi`` the window comes from :func:`~pivot_monai.inference.inferers.fit_roi`: whole axes where
         they fit, else a few equal windows, never smaller than ``roi_size``.
         """
-        self.windows.multiple = max(self.multiple, self.output_stride or 1)
         return self.windows.window(size)  # type: ignore[return-value]
