@@ -143,6 +143,8 @@ class FittedWindowInferer(Inferer):
         roi_size: the smallest window (``data.patch_size``), and the window when ``max_roi`` is ``None``.
         max_roi: the largest window (``inference.roi_size``), or ``None``.
         multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 1.
+        stride: the network's output stride. Inputs are padded at the far end to a multiple of it, so every window
+            starts on an output-voxel boundary (MONAI aligns the last window to the volume's end). Default 1.
         sw_batch_size: windows per forward pass. Default 1.
         overlap: window overlap in [0, 1). Default 0.25.
         mode: blending, ``"gaussian"`` or ``"constant"``. Default ``"gaussian"``.
@@ -162,9 +164,13 @@ class FittedWindowInferer(Inferer):
         sw_batch_size: int = 1,
         overlap: float = 0.25,
         mode: str = "gaussian",
+        stride: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__()
+        if int(stride) < 1:
+            raise ValueError(f"model.output_stride must be >= 1, got {stride}")
+        self.stride = int(stride)
         self.roi_size = tuple(int(v) for v in roi_size)
         self.max_roi = None if max_roi is None else tuple(int(v) for v in max_roi)
         if self.max_roi is not None:
@@ -186,14 +192,14 @@ class FittedWindowInferer(Inferer):
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Sliding-window inference of ``inputs`` (B, C, *spatial) with the window fitted to its size.
 
-        An input smaller than the window is zero-padded at the far end (MONAI would pad both ends, which shifts
-        maps of a network with an output stride > 1 by a fraction of a voxel) and the outputs are cropped back to
-        ``ceil(size / stride)``.
+        The input is zero-padded at the far end to at least the window and to a multiple of ``stride`` (MONAI would
+        pad a small input at both ends, which shifts maps of a network with an output stride > 1 by a fraction of a
+        voxel), and the outputs are cropped back to ``ceil(size / stride)``.
         """
         size = tuple(int(n) for n in inputs.shape[2:])
         roi = self.window(size)
         inferer = SlidingWindowInferer(roi_size=roi, **self.settings)  # cheap: it holds settings only
-        padded = tuple(max(n, r) for n, r in zip(size, roi))
+        padded = tuple(max(r, math.ceil(n / self.stride) * self.stride) for n, r in zip(size, roi))
         if padded == size:
             return inferer(inputs, network, *args, **kwargs)
         pad = [p for n, t in reversed(list(zip(size, padded))) for p in (0, t - n)]

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from monai.inferers import Inferer
 from monai.utils import optional_import
 
@@ -270,7 +269,7 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
-        # fitted windows are multiples of the output stride too; a measured stride updates this in stride()
+        # fitted windows are multiples of the output stride too; a measured stride updates both in stride()
         self.windows = FittedWindowInferer(
             self.roi_size,
             self.max_roi,
@@ -278,6 +277,7 @@ class Predictor:
             self.sw_batch_size,
             self.overlap,
             self.blend_mode,
+            stride=output_stride or 1,
         )
         self.inferer = inferer or self.windows
 
@@ -332,6 +332,7 @@ class Predictor:
                 )
             self.output_stride = int(next(iter(ratios)))
             self.windows.multiple = max(self.multiple, self.output_stride)
+            self.windows.stride = self.output_stride
             logger.debug("measured output stride %d", self.output_stride)
             self._check_alignment()
         return int(self.output_stride)
@@ -371,18 +372,12 @@ class Predictor:
         x = x.to(self.device)
         s = self.stride(x.shape[1])
         size = x.shape[2:]
-        # pad at the far end to a multiple of the stride (and at least one window): windows then start on output-voxel
-        # boundaries, flips invert exactly at low resolution, and the input index mapping stays unchanged
-        roi = list(self.window(size))
-        if any("rotate_90" in n for n in self.tta.names):  # rotated volumes swap x and y: fit the window both ways
-            roi[0] = roi[1] = max(roi[0], roi[1])
-        target = [max(r, math.ceil(n / s) * s) for n, r in zip(size, roi)]
-        pad = [p for n, t in reversed(list(zip(size, target))) for p in (0, t - n)]
-        x = F.pad(x, pad, value=0.0)
-        inferer = self.inferer
+        # padding happens at the far end, so the input index mapping stays unchanged: TTAInferer pads to a multiple of
+        # the stride (flips invert exactly at low resolution), FittedWindowInferer to its window of each (possibly
+        # rotated) input
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Using a non-tuple sequence", category=UserWarning)  # MONAI
-            out = _as_dict(TTAInferer(inferer, self.tta, s)(x, self._forward), "sliding-window output")
+            out = _as_dict(TTAInferer(self.inferer, self.tta, s)(x, self._forward), "sliding-window output")
         crop = tuple(slice(0, math.ceil(n / s)) for n in size)
         return {k: v[(..., *crop)].cpu() for k, v in out.items()}
 

@@ -138,6 +138,20 @@ def test_fitted_window_inferer_pads_at_the_far_end_so_stride_2_maps_stay_aligned
     torch.testing.assert_close(out["heatmap"], expected, atol=1e-6, rtol=0)
 
 
+def test_fitted_window_inferer_pads_to_the_stride_so_every_window_starts_on_an_output_voxel():
+    # 37 voxels, 16-voxel windows, step 8: MONAI puts the last window at 21, half an output voxel off the stride-2 grid
+    x = torch.rand(1, 1, 37, 16, 16, generator=torch.Generator().manual_seed(5))
+    expected = F.avg_pool3d(F.pad(x, (0, 0, 0, 0, 0, 1)), 2)[..., :19, :, :]
+    kwargs = {"sw_batch_size": 2, "overlap": 0.5, "mode": "constant"}
+    aligned = FittedWindowInferer((16, 16, 16), None, 8, stride=2, **kwargs)(x, _pool)["heatmap"]
+    assert aligned.shape == (1, 1, 19, 8, 8)
+    torch.testing.assert_close(aligned, expected, atol=1e-6, rtol=0)
+    unaligned = FittedWindowInferer((16, 16, 16), None, 8, **kwargs)(x, _pool)["heatmap"]
+    assert not torch.allclose(unaligned[..., :18, :, :], expected[..., :18, :, :], atol=1e-3)
+    with pytest.raises(ValueError, match="model.output_stride must be >= 1"):
+        FittedWindowInferer((16, 16, 16), stride=0)
+
+
 def test_fitted_window_inferer_checks_max_roi():
     with pytest.raises(ValueError, match=r"inference.roi_size must be 3 sizes >= data.patch_size \[16, 16, 16\]"):
         FittedWindowInferer((16, 16, 16), max_roi=(8, 8, 8), multiple=8)
