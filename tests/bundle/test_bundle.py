@@ -100,3 +100,14 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
 
     state = torch.load(bundle_root / "models" / "model.pt", map_location="cpu")
     assert any(k.startswith("heatmap_head") for k in state)
+
+
+def test_heatmap_keys_reach_the_training_targets(tiny_processed, tmp_path):
+    from pivot_monai.transforms.targets import NoduleTargetsd
+    from tests.conftest import bundle_overrides, bundle_workflow
+
+    overrides = bundle_overrides(TINY_OVERRIDES, **{"data#heatmap": {"sigma_scale": 0.3, "min_sigma_voxels": 1.5}})
+    wf = bundle_workflow([CONFIGS / "train.yaml"], tiny_processed, tmp_path / "bundle", overrides)
+    chain = wf.parser.get_parsed_content("train#preprocessing").transforms
+    targets = [t for t in chain if isinstance(t, NoduleTargetsd)]
+    assert [(t.sigma_scale, t.min_sigma_vox) for t in targets] == [(0.3, 1.5)]

@@ -37,6 +37,19 @@ def test_heatmap_peaks_at_nodule_centre_with_size_and_malignancy_targets():
     assert np.all(out["malignancy"][0].numpy()[mask] == 1.0) and out["malignancy_mask"][0].numpy()[mask].all()
 
 
+def test_heatmap_sigma_follows_sigma_scale_above_the_minimum():
+    # 12 mm nodule at 1.5 mm voxels: sigma 0.5 * 6 / 1.5 = 2 voxels, 1 voxel at scale 0.25; mass ~ sigma^3
+    masses = {
+        s: float(NoduleTargetsd(spacing=(1.5,) * 3, sigma_scale=s)(_item())["heatmap"].sum()) for s in (0.5, 0.25)
+    }
+    assert masses[0.5] / masses[0.25] == pytest.approx(8.0, rel=0.05)
+    # at scale 0.1 sigma (0.4 voxels) is raised to min_sigma_vox
+    floor = NoduleTargetsd(spacing=(1.5,) * 3, sigma_scale=0.1, min_sigma_vox=1.0)(_item())["heatmap"].sum()
+    assert float(floor) == pytest.approx(masses[0.25], rel=1e-6)
+    with pytest.raises(ValueError, match="sigma_scale and min_sigma_vox must be > 0"):
+        NoduleTargetsd(sigma_scale=0.0)
+
+
 def test_no_nodule_gives_empty_targets():
     item = _item()
     item["label"] = torch.zeros_like(item["label"])
