@@ -20,6 +20,7 @@ label, the rest on random background voxels. On top of that it
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Hashable, Mapping, Sequence
 from typing import Any
@@ -33,6 +34,9 @@ from monai.transforms.utils import correct_crop_centers
 
 from pivot_monai.transforms.hard_negatives import HardNegativePool
 from pivot_monai.transforms.stages import StageState
+
+logger = logging.getLogger(__name__)
+
 
 __all__ = [
     "CROP_KINDS",
@@ -67,6 +71,14 @@ def crop_ratios(pos_neg_ratio: Sequence[float], mining: Mapping[str, Any] | None
             raise ValueError(f"training.hard_negative_mining.neg_pos_ratio must be >= 0, got {neg}")
         if not 0.0 <= hard <= 1.0:
             raise ValueError(f"training.hard_negative_mining.batch_hard_ratio must be in [0, 1], got {hard}")
+        pos_given, neg_given = (float(v) for v in pos_neg_ratio)
+        if pos_given != neg_given and not math.isclose(pos_given * neg, neg_given):  # [1, 1] is the default
+            logger.warning(
+                "data.pos_neg_ratio %s is not used while training.hard_negative_mining is enabled: crops are 1 "
+                "positive per training.hard_negative_mining.neg_pos_ratio = %g negatives; set that key instead",
+                list(pos_neg_ratio),
+                neg,
+            )
         return 1.0, neg, hard
     if len(pos_neg_ratio) != 2 or min(pos_neg_ratio) < 0 or sum(pos_neg_ratio) <= 0:
         raise ValueError(f"data.pos_neg_ratio must be [pos, neg] >= 0 with a positive sum, got {list(pos_neg_ratio)}")

@@ -143,6 +143,16 @@ def test_stage_patch_size_sets_crop_and_centre_crop_sizes():
     assert crop["image"].shape == (1, 16, 12, 20) and centre(crop)["image"].shape == (1, 12, 8, 16)
 
 
+def test_crop_ratios_say_when_mining_replaces_pos_neg_ratio(caplog):
+    with caplog.at_level("WARNING", logger="pivot_monai.transforms.sampling"):
+        assert crop_ratios([1, 2], {"enabled": True, "neg_pos_ratio": 2}) == (1.0, 2.0, 0.5)
+        assert crop_ratios([1, 1], {"enabled": True, "neg_pos_ratio": 3}) == (1.0, 3.0, 0.5)  # the default: silent
+        assert not caplog.records
+        assert crop_ratios([2, 1], {"enabled": True, "neg_pos_ratio": 1}) == (1.0, 1.0, 0.5)
+    assert "data.pos_neg_ratio [2, 1] is not used" in caplog.text
+    assert "training.hard_negative_mining.neg_pos_ratio = 1" in caplog.text
+
+
 def test_crop_ratios_follow_the_mining_switch():
     assert crop_ratios([1, 1], {"enabled": False, "neg_pos_ratio": 3}) == (1.0, 1.0, 0.0)
     assert crop_ratios([1, 1], {"enabled": True, "neg_pos_ratio": 3, "batch_hard_ratio": 0.25}) == (1.0, 3.0, 0.25)
