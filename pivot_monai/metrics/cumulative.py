@@ -89,7 +89,9 @@ class DetectionMetric(CumulativeIterationMetric):
             stats = nodules[nodules[..., 5] == SCAN_STATS]
             return float(stats[:, 0].mean()) if len(stats) else math.nan
         cands, ann, exc, uids = tables_to_inputs(candidates, nodules)
-        result = compute_froc(cands, ann, uids, exc, max_candidates_per_scan=self.max_candidates)
+        # every metric of a validation run matches the same candidates: only the CPM's run logs the summary line
+        log = self.metric == "froc_score"
+        result = compute_froc(cands, ann, uids, exc, max_candidates_per_scan=self.max_candidates, log=log)
         if self.metric == "froc_score":
             return float(result.cpm) if not math.isnan(result.cpm) else 0.0
         recs = result.records
