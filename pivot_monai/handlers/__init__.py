@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pivot_monai.handlers.ema import WeightAverage, build_ema
 from pivot_monai.handlers.gradients import GradientClipHandler
 from pivot_monai.handlers.nonfinite import NonFiniteGuard
 from pivot_monai.handlers.telemetry import TrainingTelemetryHandler, peak_rss_mb
@@ -20,7 +21,9 @@ __all__ = [
     "NonFiniteGuard",
     "TrainingTelemetryHandler",
     "WandbHandler",
+    "WeightAverage",
     "attach_optional",
+    "build_ema",
     "build_validation_metrics",
     "close_writer",
     "detection_output_transform",

@@ -87,3 +87,37 @@ def test_other_optimisation_settings_train(tiny_processed, tmp_path, extra):
     trainer = wf.parser.get_parsed_content("train#trainer")
     wf.finalize()
     assert trainer.state.epoch == 1 and trainer.state.output
+
+
+def test_ema_weights_are_validated_saved_and_resumed(tiny_processed, tmp_path):
+    import torch
+
+    ema_on = {"training#ema": {"enabled": True, "decay": 0.9, "warmup_iterations": 0}}
+    periodic = {"checkpointing#save_interval": 1, "checkpointing#keep_last_n": 1}
+    wf = _workflow(tiny_processed, tmp_path, **{"training#epochs": 2, **periodic, **ema_on})
+    ema = wf.parser.get_parsed_content("train#ema")
+    assert wf.parser.get_parsed_content("validate#evaluator").network is ema.ema_model
+    wf.run()
+    online = {k: v.clone() for k, v in wf.parser.get_parsed_content("network").state_dict().items()}
+    averaged = {k: v.clone() for k, v in ema.ema_model.state_dict().items()}
+    wf.finalize()
+    models = tmp_path / "bundle" / "models"
+    final = torch.load(models / "model.pt", map_location="cpu", weights_only=True)
+    final = final.get("model", final)
+    assert all(torch.equal(final[k], averaged[k]) for k in averaged)
+    assert any(not torch.equal(online[k], averaged[k]) for k in averaged if online[k].is_floating_point())
+    checkpoint = models / "checkpoint_epoch=2.pt"
+    assert "ema_model" in torch.load(checkpoint, map_location="cpu", weights_only=True)
+
+    # a resumed run continues the saved average, not a restart from the online weights
+    resume = {"training#epochs": 3, "checkpointing#resume": str(checkpoint)}
+    wf2 = _workflow(tiny_processed, tmp_path, **resume, **ema_on)
+    ema2 = wf2.parser.get_parsed_content("train#ema")
+    trainer = wf2.parser.get_parsed_content("train#trainer")
+    at_start = {}
+    trainer.add_event_handler(
+        Events.EPOCH_STARTED, lambda e: at_start.update({k: v.clone() for k, v in ema2.ema_model.state_dict().items()})
+    )
+    wf2.run()
+    wf2.finalize()
+    assert all(torch.equal(at_start[k], averaged[k]) for k in averaged)
