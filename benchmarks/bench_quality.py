@@ -6,8 +6,8 @@ trains on a seed >= 1000) and evaluated from their raw ``.mhd`` files by
 bootstrap CI). The model is ``--checkpoint`` (default ``bundle/models/model.pt`` from ``make demo``), or one trained
 first with ``--train-profile``:
 
-* ``demo``: ``make demo``'s training (40 small scans of seed 0, split 70/15/15, ``demo.yaml``: 45 epochs, mining on);
-  about 13.5 minutes on 2 idle cores (measured 13.4 min);
+* ``demo``: ``make demo``'s training (120 small scans of seed 0, split 70/15/15, ``demo.yaml``: 15 epochs, mining
+  on); see benchmarks/README.md for its measured time;
 * ``full``: a longer profile (120 scans, ``demo.yaml`` with 60 epochs and validation every 10); an estimate is
   logged before it starts; measured 76.5 min on a 2-core VM, half of it shared. Opt-in: ``make bench`` never trains.
 
@@ -15,7 +15,7 @@ Without a trained model, seeded random weights are evaluated and the numbers are
 
 Usage::
 
-    python -m benchmarks.bench_quality [--checkpoint bundle/models/model.pt] [--scans 20]
+    python -m benchmarks.bench_quality [--checkpoint bundle/models/model.pt] [--scans 60]
     python -m benchmarks.bench_quality --train-profile demo
     python -m benchmarks.bench_quality --quick       # 2 small scans at 4 mm, 32^3 windows, no bootstrap
 """
@@ -53,7 +53,7 @@ logger = logging.getLogger(__name__)
 NAME = "quality"
 QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [32, 32, 32]}
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {
-    "demo": {"scans": 40, "overrides": {}},
+    "demo": {"scans": 120, "overrides": {}},
     "full": {"scans": 120, "overrides": {"training#epochs": 60, "validation#interval": 10}},
 }
 METRICS = ("cpm", "size_mae_mm", "malignancy_auc", "detection_sensitivity", "fp_per_scan")
@@ -111,7 +111,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--checkpoint", type=Path, default=None, help="model.pt (default bundle/models/model.pt)")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="profile layered over train.yaml")
     p.add_argument("--train-profile", choices=("none", *TRAIN_PROFILES), default="none", help="train a model first")
-    p.add_argument("--scans", type=int, default=20, help="held-out test scans")
+    p.add_argument("--scans", type=int, default=60, help="held-out test scans (60 hold 92 nodules)")
     p.add_argument("--size", choices=("small", "fullsize"), default="small", help="test scan size preset")
     p.add_argument("--seed", type=int, default=1000, help="test-set seed (>= 1000: never trained on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs (0 disables)")
