@@ -132,7 +132,7 @@ def train(processed: Path) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--work-dir", type=Path, default=Path("data/demo"), help="where the demo writes everything")
-    p.add_argument("--num-scans", type=int, default=120, help="synthetic scans to generate (demo.yaml is sized for 120)")
+    p.add_argument("--num-scans", type=int, default=120, help="synthetic scans (demo.yaml is sized for 120)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the split")
     return p.parse_args(argv)
 
