@@ -142,7 +142,7 @@ class FittedWindowInferer(Inferer):
     Args:
         roi_size: the smallest window (``data.patch_size``), and the window when ``max_roi`` is ``None``.
         max_roi: the largest window (``inference.roi_size``), or ``None``.
-        multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 1.
+        multiple: fitted windows are multiples of it (``2 ** model.depth``) and of ``stride``. Default 1.
         stride: the network's output stride. Inputs are padded at the far end to a multiple of it, so every window
             starts on an output-voxel boundary (MONAI aligns the last window to the volume's end). Default 1.
         sw_batch_size: windows per forward pass. Default 1.
@@ -179,15 +179,19 @@ class FittedWindowInferer(Inferer):
                     f"inference.roi_size must be {len(self.roi_size)} sizes >= data.patch_size {list(self.roi_size)} "
                     f"(or null), got {list(self.max_roi)}"
                 )
-            fit_roi(self.roi_size, self.max_roi, multiple)  # fail now on a max_roi the network cannot take
         self.multiple = int(multiple)
+        if self.max_roi is not None:
+            fit_roi(self.roi_size, self.max_roi, self._multiple())  # fail now on a max_roi the network cannot take
         self.settings = {"sw_batch_size": int(sw_batch_size), "overlap": overlap, "mode": mode, **kwargs}
 
     def window(self, size: Sequence[int]) -> tuple[int, ...]:
         """The window for a volume of ``size`` (spatial)."""
         if self.max_roi is None:
             return self.roi_size
-        return fit_roi(size, self.max_roi, self.multiple, min_roi=self.roi_size)
+        return fit_roi(size, self.max_roi, self._multiple(), min_roi=self.roi_size)
+
+    def _multiple(self) -> int:
+        return max(self.multiple, self.stride)
 
     def __call__(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Sliding-window inference of ``inputs`` (B, C, *spatial) with the window fitted to its size.

@@ -269,11 +269,11 @@ class Predictor:
         self.device = resolve_device(device)
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
-        # fitted windows are multiples of the output stride too; a measured stride updates both in stride()
+        # a measured stride is set on the windows in stride()
         self.windows = FittedWindowInferer(
             self.roi_size,
             self.max_roi,
-            max(self.multiple, output_stride or 1),
+            self.multiple,
             self.sw_batch_size,
             self.overlap,
             self.blend_mode,
@@ -331,7 +331,6 @@ class Predictor:
                     f"{list(self.roi_size)}; check data.patch_size against the model"
                 )
             self.output_stride = int(next(iter(ratios)))
-            self.windows.multiple = max(self.multiple, self.output_stride)
             self.windows.stride = self.output_stride
             logger.debug("measured output stride %d", self.output_stride)
             self._check_alignment()

@@ -64,6 +64,8 @@ def crop_ratios(pos_neg_ratio: Sequence[float], mining: Mapping[str, Any] | None
     Raises:
         ValueError: negative ratios or ``batch_hard_ratio`` outside [0, 1], naming the key.
     """
+    if len(pos_neg_ratio) != 2 or min(pos_neg_ratio) < 0 or sum(pos_neg_ratio) <= 0:
+        raise ValueError(f"data.pos_neg_ratio must be [pos, neg] >= 0 with a positive sum, got {list(pos_neg_ratio)}")
     mining = dict(mining or {})
     if mining.get("enabled", False):
         neg, hard = float(mining.get("neg_pos_ratio", 3.0)), float(mining.get("batch_hard_ratio", 0.5))
@@ -80,8 +82,6 @@ def crop_ratios(pos_neg_ratio: Sequence[float], mining: Mapping[str, Any] | None
                 neg,
             )
         return 1.0, neg, hard
-    if len(pos_neg_ratio) != 2 or min(pos_neg_ratio) < 0 or sum(pos_neg_ratio) <= 0:
-        raise ValueError(f"data.pos_neg_ratio must be [pos, neg] >= 0 with a positive sum, got {list(pos_neg_ratio)}")
     return float(pos_neg_ratio[0]), float(pos_neg_ratio[1]), 0.0
 
 

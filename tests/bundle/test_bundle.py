@@ -8,7 +8,8 @@ import sys
 import pytest
 from monai.bundle import ConfigWorkflow
 
-from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_OVERRIDES
+from pivot_monai.transforms.targets import NoduleTargetsd
+from tests.conftest import REPO_ROOT, SHARED_DIR, TINY_OVERRIDES, bundle_overrides, bundle_workflow
 
 CONFIGS = REPO_ROOT / "bundle" / "configs"
 SCHEMA = SHARED_DIR / "monai" / "meta_schema_20240725.json"
@@ -103,9 +104,6 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
 
 
 def test_heatmap_keys_reach_the_training_targets(tiny_processed, tmp_path):
-    from pivot_monai.transforms.targets import NoduleTargetsd
-    from tests.conftest import bundle_overrides, bundle_workflow
-
     overrides = bundle_overrides(TINY_OVERRIDES, **{"data#heatmap": {"sigma_scale": 0.3, "min_sigma_voxels": 1.5}})
     wf = bundle_workflow([CONFIGS / "train.yaml"], tiny_processed, tmp_path / "bundle", overrides)
     chain = wf.parser.get_parsed_content("train#preprocessing").transforms
