@@ -7,6 +7,7 @@ validation set. No ignite import: :class:`monai.handlers.IgniteMetricHandler` ad
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Any
 
@@ -16,7 +17,7 @@ from monai.metrics import CumulativeIterationMetric
 
 from pivot_monai.data.annotations import Nodule
 from pivot_monai.metrics.detection import center_accuracy, malignancy_auc, size_accuracy, size_mae
-from pivot_monai.metrics.froc import compute_froc
+from pivot_monai.metrics.froc import FROCResult, compute_froc
 from pivot_monai.metrics.matching import ScanCandidates
 
 __all__ = ["METRIC_NAMES", "SCAN_STATS", "DetectionMetric", "tables_to_inputs"]
@@ -48,6 +49,39 @@ def tables_to_inputs(
                 for r in sel
             ]
     return cands, ann, exc, uids
+
+
+class _LastFROC:
+    """The FROC of the most recent candidate/nodule tables, so one validation round matches its candidates once.
+
+    Each metric of a round (``froc_score``, ``center_accuracy``, ``size_accuracy``, ...) is its own MONAI metric
+    with its own buffers, and MONAI aggregates them one after another; they all hold the same tables. One slot
+    keyed on a digest of the tables' bytes (cheap beside the matching) shares the result between them without
+    coupling the metric instances, and a changed table (the next round, another evaluator) is simply recomputed.
+    """
+
+    def __init__(self) -> None:
+        self._key: str | None = None
+        self._result: FROCResult | None = None
+        self.computed = 0  # FROCs actually computed (not served from the slot)
+
+    def get(self, candidates: np.ndarray, nodules: np.ndarray, max_candidates: int) -> FROCResult:
+        """The FROC of these tables: from the slot when they match the last call's, else computed (and logged)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for table in (candidates, nodules):
+            table = np.ascontiguousarray(table, dtype=np.float32)
+            digest.update(repr(table.shape).encode())
+            digest.update(table.tobytes())
+        key = f"{digest.hexdigest()}:{max_candidates}"
+        if key != self._key or self._result is None:
+            cands, ann, exc, uids = tables_to_inputs(candidates, nodules)
+            self._result = compute_froc(cands, ann, uids, exc, max_candidates_per_scan=max_candidates)
+            self._key = key
+            self.computed += 1
+        return self._result
+
+
+_LAST_FROC = _LastFROC()
 
 
 class DetectionMetric(CumulativeIterationMetric):
@@ -88,10 +122,8 @@ class DetectionMetric(CumulativeIterationMetric):
         if self.metric == "detection_dice":
             stats = nodules[nodules[..., 5] == SCAN_STATS]
             return float(stats[:, 0].mean()) if len(stats) else math.nan
-        cands, ann, exc, uids = tables_to_inputs(candidates, nodules)
-        # every metric of a validation run matches the same candidates: only the CPM's run logs the summary line
-        log = self.metric == "froc_score"
-        result = compute_froc(cands, ann, uids, exc, max_candidates_per_scan=self.max_candidates, log=log)
+        # every metric of a validation round matches the same candidates: the FROC (and its log line) is computed once
+        result = _LAST_FROC.get(candidates, nodules, self.max_candidates)
         if self.metric == "froc_score":
             return float(result.cpm) if not math.isnan(result.cpm) else 0.0
         recs = result.records

@@ -321,7 +321,6 @@ def compute_froc(
     fp_rates: Sequence[float] = LUNA16_FP_RATES,
     bootstrap: int = 0,
     seed: int | np.random.Generator = 0,
-    log: bool = True,
 ) -> FROCResult:
     """FROC curve, sensitivities at ``fp_rates`` and CPM by the LUNA16 rules (module docstring).
 
@@ -335,7 +334,6 @@ def compute_froc(
         fp_rates: FP/scan operating points, all > 0. Defaults to :data:`LUNA16_FP_RATES`.
         bootstrap: number of scan-level bootstrap resamples for 95 % percentile intervals; 0 disables. Defaults to 0.
         seed: seed (or generator) of the bootstrap. Defaults to 0.
-        log: log the one-line summary at INFO (else at DEBUG). Defaults to True.
 
     Returns:
         The :class:`FROCResult`.
@@ -372,8 +370,7 @@ def compute_froc(
     cpm = float(np.mean(sensitivities))
     n_detected = int(sum(s.tp_probability.size for s in scans))
     n_fp = int(sum(s.fp_probability.size for s in scans))
-    logger.log(
-        logging.INFO if log else logging.DEBUG,
+    logger.info(
         "FROC: %d scans, %d nodules, %d detected, %d FPs (%.2f/scan), CPM %.4f",
         n_scans,
         n_nodules,

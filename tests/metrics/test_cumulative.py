@@ -7,6 +7,7 @@ import logging
 import pytest
 import torch
 
+from pivot_monai.metrics import cumulative
 from pivot_monai.metrics.cumulative import DetectionMetric
 
 
@@ -17,13 +18,35 @@ def _tables() -> tuple[torch.Tensor, torch.Tensor]:
     return candidates, nodules
 
 
-def test_detection_metrics_agree_and_log_one_froc_summary(caplog):
+def _aggregate(names, candidates, nodules) -> dict[str, float]:
     values = {}
-    with caplog.at_level(logging.DEBUG, logger="pivot_monai.metrics.froc"):
-        for name in ("froc_score", "center_accuracy", "size_accuracy"):
-            metric = DetectionMetric(name)
-            metric(*_tables())
-            values[name] = metric.aggregate()
-    assert values == {"froc_score": pytest.approx(1.0), "center_accuracy": 1.0, "size_accuracy": 1.0}
-    summaries = [r for r in caplog.records if r.getMessage().startswith("FROC:")]
-    assert [r.levelno for r in summaries] == [logging.INFO, logging.DEBUG, logging.DEBUG]
+    for name in names:
+        metric = DetectionMetric(name)
+        metric(candidates, nodules)
+        values[name] = metric.aggregate()
+    return values
+
+
+@pytest.mark.parametrize("order", [("froc_score", "center_accuracy", "size_accuracy"), ("size_accuracy", "froc_score")])
+def test_detection_metrics_of_one_round_share_one_froc(caplog, order):
+    computed = cumulative._LAST_FROC.computed
+    candidates, nodules = _tables()
+    shift = 1000.0 * len(order)  # tables no earlier test left in the slot: the same scene, moved
+    candidates[..., :3] += shift
+    nodules[..., :3] += shift
+    with caplog.at_level(logging.INFO, logger="pivot_monai.metrics.froc"):
+        values = _aggregate(order, candidates, nodules)
+    assert values == {name: pytest.approx(1.0) for name in order}
+    assert cumulative._LAST_FROC.computed == computed + 1
+    assert len([r for r in caplog.records if r.getMessage().startswith("FROC:")]) == 1
+
+
+def test_changed_tables_are_matched_again():
+    candidates, nodules = _tables()
+    before = _aggregate(["froc_score", "center_accuracy"], candidates, nodules)
+    computed = cumulative._LAST_FROC.computed
+    candidates[0, 0, 2] += 40.0  # the hit moves away: now a second false positive
+    after = _aggregate(["froc_score", "center_accuracy"], candidates, nodules)
+    assert cumulative._LAST_FROC.computed == computed + 1
+    assert before == {"froc_score": pytest.approx(1.0), "center_accuracy": 1.0}
+    assert after == {"froc_score": 0.0, "center_accuracy": 0.0}
