@@ -41,10 +41,17 @@ TINY_INFERENCE = {
 
 
 class OracleNet(nn.Module):
-    """Heatmap = blurred mask of bright voxels whose neighbourhood is mostly lung; constant diameter/malignancy."""
+    """Heatmap = blurred mask of bright voxels whose neighbourhood is mostly lung; constant diameter/malignancy.
 
-    def __init__(self, diameter_mm: float = 8.0, malignancy: float = 0.7, sigma: float = 1.0, radius: int = 4) -> None:
+    With ``stride`` > 1 the maps are max-pooled to ``1 / stride`` of the input, as a network with
+    ``model.output_stride`` learns them from max-pooled targets (each output voxel covers a ``stride^3`` block).
+    """
+
+    def __init__(
+        self, diameter_mm: float = 8.0, malignancy: float = 0.7, sigma: float = 1.0, radius: int = 4, stride: int = 1
+    ) -> None:
         super().__init__()
+        self.stride = int(stride)
         half = int(math.ceil(3 * sigma))
         g = torch.exp(-0.5 * (torch.arange(-half, half + 1, dtype=torch.float32) / sigma) ** 2)
         g = g / g.sum()
@@ -59,6 +66,8 @@ class OracleNet(nn.Module):
         frac = F.avg_pool3d(lung, 2 * self.radius + 1, stride=1, padding=self.radius, count_include_pad=False)
         tissue = (x > 0.6).float() * (frac > 0.6).float()
         heat = F.conv3d(tissue, self.kernel, padding=self.half).clamp(0.0, 1.0)
+        if self.stride > 1:
+            heat = F.max_pool3d(heat, self.stride)
         return {
             "heatmap": heat,
             "diameter": torch.full_like(heat, self.diameter_mm),

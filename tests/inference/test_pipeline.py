@@ -21,7 +21,7 @@ from pivot_monai.inference.pipeline import infer_scans, scan_datalist
 from pivot_monai.metrics import SUBMISSION_COLUMNS, read_submission_csv
 from tests.conftest import REPO_ROOT, _make_phantom, _nodule_in_left_lung
 from tests.data.test_io import _write_dicom_series
-from tests.inference.conftest import TINY_DATA, TINY_INFERENCE, TINY_MODEL, tricky_geometries
+from tests.inference.conftest import TINY_DATA, TINY_INFERENCE, TINY_MODEL, OracleNet, tricky_geometries
 
 HEADER = [*SUBMISSION_COLUMNS, "diameter_mm", "malignancy_probability"]
 
@@ -30,14 +30,17 @@ def _infer_oracle(root, out, model, **kwargs):
     return infer_scans([root], out, model, data=TINY_DATA, inference=TINY_INFERENCE, **kwargs)
 
 
-def test_candidates_land_on_true_nodule_centres_in_world_mm(make_raw_dataset, oracle, tmp_path):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_candidates_land_on_true_nodule_centres_in_world_mm(make_raw_dataset, stride, tmp_path):
+    # measured 0.06-0.28 mm (stride 1) and 0.29-0.38 mm (stride 2: heads at 3 mm here); mapping coarse voxels to the
+    # corner instead of the centre of their 2^3 block (a 0.75 mm shift per axis) gives 1.5 mm
     root, truth = make_raw_dataset(tricky_geometries())
-    report = _infer_oracle(root, tmp_path / "out", oracle)
+    report = _infer_oracle(root, tmp_path / "out", OracleNet(stride=stride).eval())
     assert sorted(report["ok"]) == sorted(truth) and not report["failed"]
     cands = read_submission_csv(tmp_path / "out" / "candidates.csv")
     for uid, (_, centre, _) in truth.items():
         top = cands[uid].world[np.argmax(cands[uid].probability)]
-        assert np.linalg.norm(top - centre) <= 1.5, (uid, top, centre)
+        assert np.linalg.norm(top - centre) <= 1.0, (uid, top, centre)
         assert cands[uid].probability.max() > 0.5
 
 
@@ -131,9 +134,10 @@ def test_missing_input_or_checkpoint_exit_2(make_raw_dataset, tiny_checkpoint, t
     assert exc.value.code == 2
 
 
-def test_heatmap_is_written_on_the_raw_grid_and_peaks_at_the_nodule(make_raw_dataset, oracle, tmp_path):
+@pytest.mark.parametrize("stride", [1, 2])
+def test_heatmap_is_written_on_the_raw_grid_and_peaks_at_the_nodule(make_raw_dataset, stride, tmp_path):
     root, truth = make_raw_dataset(dict(list(tricky_geometries().items())[1:2]))
-    _infer_oracle(root, tmp_path / "out", oracle, save_heatmap=True)
+    _infer_oracle(root, tmp_path / "out", OracleNet(stride=stride).eval(), save_heatmap=True)
     ((uid, (geom, centre, _)),) = truth.items()
     heat = sitk.ReadImage(str(tmp_path / "out" / f"{uid}_heatmap.nii.gz"))
     raw = Geometry.from_sitk(read_sitk(root / "subset0" / f"{uid}.mhd"))

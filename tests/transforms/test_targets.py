@@ -6,7 +6,7 @@ import torch
 from monai.transforms import Compose
 
 from pivot_monai.transforms.augment import build_augmentation
-from pivot_monai.transforms.targets import NoduleTargetsd, RecordInstanceVolumesd, gaussian_heatmap
+from pivot_monai.transforms.targets import NoduleTargetsd, RecordInstanceVolumesd, gaussian_heatmap, instance_stats
 
 
 def _item(centre=(20.0, 14.0, 17.0), radius=4.0, shape=(40, 36, 32)):
@@ -48,6 +48,30 @@ def test_heatmap_sigma_follows_sigma_scale_above_the_minimum():
     assert float(floor) == pytest.approx(masses[0.25], rel=1e-6)
     with pytest.raises(ValueError, match="sigma_scale and min_sigma_vox must be > 0"):
         NoduleTargetsd(sigma_scale=0.0)
+
+
+def test_each_instance_gets_its_own_diameter_malignancy_and_peak():
+    # instance 1: a rated 12 mm nodule; instance 3: no rating and no annotated diameter (equivalent diameter used)
+    item = _item()
+    label = item["label"][0].numpy().copy()
+    label[2:6, 3:5, 4:10] = 3  # a 4 x 2 x 6 box: 48 voxels, centroid (3.5, 3.5, 6.5)
+    item["label"] = torch.as_tensor(label[None])
+    stats = instance_stats(label.astype(np.int32))
+    assert sorted(stats) == [1, 3] and stats[3][1] == 48
+    np.testing.assert_allclose(stats[3][0], [3.5, 3.5, 6.5])
+    np.testing.assert_allclose(stats[1][0], [20.0, 14.0, 17.0])
+    counts = RecordInstanceVolumesd()(item)["instance_volumes"]
+    assert counts[1] == stats[1][1] and counts[3] == 48 and counts[2] == 0
+
+    out = NoduleTargetsd(spacing=(1.5, 1.5, 1.5))(item)
+    diameter, malignancy, rated = (out[k][0].numpy() for k in ("diameter", "malignancy", "malignancy_mask"))
+    box = label == 3
+    equivalent = (6.0 * 48 * 1.5**3 / np.pi) ** (1.0 / 3.0)
+    assert np.allclose(diameter[box], equivalent) and np.allclose(diameter[label == 1], 12.0)
+    assert rated[box].max() == 0 and malignancy[box].max() == 0 and rated[label == 1].min() == 1
+    assert out["mask"][0].numpy().sum() == (label > 0).sum()
+    heat = out["heatmap"][0].numpy()
+    assert heat[3:5, 3:5, 6:8].max() == pytest.approx(np.exp(-0.5 * 3 * 0.25 / max(0.25 * equivalent / 1.5, 1.0) ** 2))
 
 
 def test_no_nodule_gives_empty_targets():
