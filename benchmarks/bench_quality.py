@@ -6,8 +6,8 @@ trains on a seed >= 1000) and evaluated from their raw ``.mhd`` files by
 bootstrap CI). The model is ``--checkpoint`` (default ``bundle/models/model.pt`` from ``make demo``), or one trained
 first with ``--train-profile``:
 
-* ``demo``: ``make demo``'s training (120 small scans of seed 0, split 70/15/15, ``demo.yaml``: 14 epochs, mining
-  on); see benchmarks/README.md for its measured time;
+* ``demo``: ``make demo``'s training (120 small scans of seed 0, split 70/15/15, ``demo.yaml``: 22 epochs, heads at
+  output stride 2, mining on); see benchmarks/README.md for its measured time;
 * ``full``: a longer profile (120 scans, ``demo.yaml`` with 60 epochs and validation every 10); an estimate is
   logged before it starts; measured 76.5 min on a 2-core VM, half of it shared. Opt-in: ``make bench`` never trains.
 
