@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from monai.handlers import IgniteMetricHandler
 
-from pivot_monai.metrics.cumulative import METRIC_NAMES, DetectionMetric
+from pivot_monai.metrics.cumulative import METRIC_NAMES, DetectionMetric, FROCCache
 
 __all__ = [
     "attach_optional",
@@ -44,12 +44,13 @@ def build_validation_metrics(
         ValueError: unknown metric name, or ``key_metric`` not among the configured metrics.
     """
     handlers = {}
+    froc_cache = FROCCache()  # the metrics of one round match the same candidates: once
     for name in names:
         if name not in METRIC_NAMES:
             raise ValueError(f"validation.metrics: unknown metric {name!r}; valid: {list(METRIC_NAMES)}")
         engine_name = "val_froc" if name == "froc_score" else f"val_{name}"
         handlers[engine_name] = IgniteMetricHandler(
-            metric_fn=DetectionMetric(name, threshold=threshold),
+            metric_fn=DetectionMetric(name, threshold=threshold, froc_cache=froc_cache),
             output_transform=detection_output_transform,
             save_details=False,
         )

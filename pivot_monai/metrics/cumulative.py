@@ -20,7 +20,7 @@ from pivot_monai.metrics.detection import center_accuracy, malignancy_auc, size_
 from pivot_monai.metrics.froc import FROCResult, compute_froc
 from pivot_monai.metrics.matching import ScanCandidates
 
-__all__ = ["METRIC_NAMES", "SCAN_STATS", "DetectionMetric", "tables_to_inputs"]
+__all__ = ["METRIC_NAMES", "SCAN_STATS", "DetectionMetric", "FROCCache", "tables_to_inputs"]
 
 METRIC_NAMES = ("froc_score", "detection_dice", "center_accuracy", "size_accuracy", "size_mae", "malignancy_auc")
 SCAN_STATS = 3.0  # ``kind`` of the extra row of a nodule table that carries per-scan statistics (column 0: dice)
@@ -51,13 +51,13 @@ def tables_to_inputs(
     return cands, ann, exc, uids
 
 
-class _LastFROC:
-    """The FROC of the most recent candidate/nodule tables, so one validation round matches its candidates once.
+class FROCCache:
+    """The FROC of the most recent candidate/nodule tables, shared by the metrics of one evaluator.
 
-    Each metric of a round (``froc_score``, ``center_accuracy``, ``size_accuracy``, ...) is its own MONAI metric
-    with its own buffers, and MONAI aggregates them one after another; they all hold the same tables. One slot
-    keyed on a digest of the tables' bytes (cheap beside the matching) shares the result between them without
-    coupling the metric instances, and a changed table (the next round, another evaluator) is simply recomputed.
+    Each metric of a validation round (``froc_score``, ``center_accuracy``, ``size_accuracy``, ...) is its own MONAI
+    metric with its own buffers, and MONAI aggregates them one after another; they all hold the same tables. One slot
+    keyed on a digest of the tables' bytes (cheap beside the matching) lets them match the candidates once per round;
+    the next round's tables differ and are matched again.
     """
 
     def __init__(self) -> None:
@@ -81,9 +81,6 @@ class _LastFROC:
         return self._result
 
 
-_LAST_FROC = _LastFROC()
-
-
 class DetectionMetric(CumulativeIterationMetric):
     """One validation metric over whole scans.
 
@@ -98,13 +95,22 @@ class DetectionMetric(CumulativeIterationMetric):
             ``malignancy_auc``.
         threshold: operating probability for the per-nodule metrics. Default 0.5.
         max_candidates: per scan, as LUNA16. Default 100.
+        froc_cache: shared with the other metrics of the same evaluator, so a round computes its FROC once
+            (:func:`pivot_monai.handlers.build_validation_metrics` does this); ``None``: a cache of its own.
 
     Raises:
         ValueError: unknown metric name (naming ``validation.metrics``).
     """
 
-    def __init__(self, metric: str = "froc_score", threshold: float = 0.5, max_candidates: int = 100) -> None:
+    def __init__(
+        self,
+        metric: str = "froc_score",
+        threshold: float = 0.5,
+        max_candidates: int = 100,
+        froc_cache: FROCCache | None = None,
+    ) -> None:
         super().__init__()
+        self.froc_cache = froc_cache if froc_cache is not None else FROCCache()
         if metric not in METRIC_NAMES:
             raise ValueError(f"validation.metrics: unknown metric {metric!r}; valid: {list(METRIC_NAMES)}")
         self.metric, self.threshold, self.max_candidates = metric, float(threshold), int(max_candidates)
@@ -123,7 +129,7 @@ class DetectionMetric(CumulativeIterationMetric):
             stats = nodules[nodules[..., 5] == SCAN_STATS]
             return float(stats[:, 0].mean()) if len(stats) else math.nan
         # every metric of a validation round matches the same candidates: the FROC (and its log line) is computed once
-        result = _LAST_FROC.get(candidates, nodules, self.max_candidates)
+        result = self.froc_cache.get(candidates, nodules, self.max_candidates)
         if self.metric == "froc_score":
             return float(result.cpm) if not math.isnan(result.cpm) else 0.0
         recs = result.records

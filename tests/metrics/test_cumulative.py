@@ -7,8 +7,8 @@ import logging
 import pytest
 import torch
 
-from pivot_monai.metrics import cumulative
-from pivot_monai.metrics.cumulative import DetectionMetric
+from pivot_monai.handlers.validation import build_validation_metrics
+from pivot_monai.metrics.cumulative import DetectionMetric, FROCCache
 
 
 def _tables() -> tuple[torch.Tensor, torch.Tensor]:
@@ -18,10 +18,10 @@ def _tables() -> tuple[torch.Tensor, torch.Tensor]:
     return candidates, nodules
 
 
-def _aggregate(names, candidates, nodules) -> dict[str, float]:
+def _aggregate(names, candidates, nodules, cache: FROCCache) -> dict[str, float]:
     values = {}
     for name in names:
-        metric = DetectionMetric(name)
+        metric = DetectionMetric(name, froc_cache=cache)
         metric(candidates, nodules)
         values[name] = metric.aggregate()
     return values
@@ -29,24 +29,30 @@ def _aggregate(names, candidates, nodules) -> dict[str, float]:
 
 @pytest.mark.parametrize("order", [("froc_score", "center_accuracy", "size_accuracy"), ("size_accuracy", "froc_score")])
 def test_detection_metrics_of_one_round_share_one_froc(caplog, order):
-    computed = cumulative._LAST_FROC.computed
-    candidates, nodules = _tables()
-    shift = 1000.0 * len(order)  # tables no earlier test left in the slot: the same scene, moved
-    candidates[..., :3] += shift
-    nodules[..., :3] += shift
+    cache = FROCCache()
     with caplog.at_level(logging.INFO, logger="pivot_monai.metrics.froc"):
-        values = _aggregate(order, candidates, nodules)
+        values = _aggregate(order, *_tables(), cache)
     assert values == {name: pytest.approx(1.0) for name in order}
-    assert cumulative._LAST_FROC.computed == computed + 1
+    assert cache.computed == 1
     assert len([r for r in caplog.records if r.getMessage().startswith("FROC:")]) == 1
 
 
 def test_changed_tables_are_matched_again():
     candidates, nodules = _tables()
-    before = _aggregate(["froc_score", "center_accuracy"], candidates, nodules)
-    computed = cumulative._LAST_FROC.computed
+    cache = FROCCache()
+    before = _aggregate(["froc_score", "center_accuracy"], candidates, nodules, cache)
     candidates[0, 0, 2] += 40.0  # the hit moves away: now a second false positive
-    after = _aggregate(["froc_score", "center_accuracy"], candidates, nodules)
-    assert cumulative._LAST_FROC.computed == computed + 1
+    after = _aggregate(["froc_score", "center_accuracy"], candidates, nodules, cache)
+    assert cache.computed == 2
     assert before == {"froc_score": pytest.approx(1.0), "center_accuracy": 1.0}
     assert after == {"froc_score": 0.0, "center_accuracy": 0.0}
+
+
+def test_validation_metrics_of_one_evaluator_share_a_cache():
+    key, others = build_validation_metrics(["froc_score", "center_accuracy", "size_accuracy"])
+    caches = {id(h.metric_fn.froc_cache) for h in [*key.values(), *others.values()]}
+    assert len(caches) == 1
+    assert (
+        build_validation_metrics(["froc_score"])[0]["val_froc"].metric_fn.froc_cache
+        is not next(iter(key.values())).metric_fn.froc_cache
+    )
