@@ -92,8 +92,14 @@ def find_scans(root: str | Path) -> list[Path]:
     return found
 
 
-def read_sitk(path: str | Path) -> sitk.Image:
-    """Read a scan as a ``SimpleITK.Image`` (float32 HU), checking it is a readable 3D volume.
+def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
+    """Read a scan as a ``SimpleITK.Image`` of HU, checking it is a readable 3D volume.
+
+    Args:
+        path: scan file or DICOM series folder.
+        as_float: cast to float32 (default). ``False`` keeps the stored pixel type (LUNA16's ``.raw`` is int16):
+            half the memory of a float32 copy, and no cast of the whole scan. :func:`preprocess_image` accepts
+            either and casts only the lung region it resamples.
 
     Raises:
         CTReadError: missing/truncated file, unreadable format, not 3D, NaN values or values outside a CT range.
@@ -124,7 +130,9 @@ def read_sitk(path: str | Path) -> sitk.Image:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(f"{p}: expected a scalar CT image, got {image.GetNumberOfComponentsPerPixel()} components")
     _check_hu_range(sitk.GetArrayViewFromImage(image), p)  # on the stored type: int16 is half the bytes to scan
-    return image if image.GetPixelID() == sitk.sitkFloat32 else sitk.Cast(image, sitk.sitkFloat32)
+    if not as_float or image.GetPixelID() == sitk.sitkFloat32:
+        return image
+    return sitk.Cast(image, sitk.sitkFloat32)
 
 
 def _check_mhd_payload(p: Path) -> None:

@@ -234,10 +234,13 @@ def preprocess_image(
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
 ) -> PreprocessedScan:
-    """Lung crop, resample and HU-window one raw scan (float32 HU ``SimpleITK.Image``).
+    """Lung crop, resample and HU-window one raw scan.
 
     Args:
-        raw: the scan as read by :func:`pivot_monai.data.io.read_sitk`.
+        raw: the scan in HU as read by :func:`pivot_monai.data.io.read_sitk`, float32 or its stored integer type
+            (``as_float=False``). The lung mask is found on a ``BinShrink`` copy in that type (an integer type
+            rounds the 4 mm averages to whole HU); only the region that is resampled is cast to float32, so both
+            give the same image.
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain (annotated nodules).
         must_include_radius_mm: (N,) radius around each of those points.
@@ -246,7 +249,10 @@ def preprocess_image(
         The processed image with its geometry in the raw scan's world frame.
     """
     target, start, found = crop_box(raw, cfg, must_include_world, must_include_radius_mm)
-    resampled = _resample(_raw_roi(raw, target), target)
+    roi = _raw_roi(raw, target)
+    if roi.GetPixelID() != sitk.sitkFloat32:
+        roi = sitk.Cast(roi, sitk.sitkFloat32)
+    resampled = _resample(roi, target)
     hu = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
     lo, hi = cfg.hu_window
     image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
@@ -299,7 +305,7 @@ def preprocess_scan(
     """
     scan_path = Path(scan_path)
     try:
-        raw = read_sitk(scan_path)
+        raw = read_sitk(scan_path, as_float=False)
     except CTReadError as err:
         raise ScanError(str(err)) from err
     raw_geom = Geometry.from_sitk(raw)

@@ -66,7 +66,7 @@ class ScanPrediction:
         geometry: geometry of the processed image (raw scan's world frame).
         maps: network maps, each (1, 1, X/s, Y/s, Z/s) on the CPU.
         stride: output stride ``s`` of the maps.
-        raw: the raw scan (float32 HU).
+        raw: the raw scan in HU, in its stored pixel type (int16 for LUNA16).
         seconds: timing per stage.
     """
 
@@ -165,7 +165,7 @@ class InferencePipeline:
         path = Path(path)
         uid = seriesuid or seriesuid_from_path(path)
         t = [time.perf_counter()]
-        raw = read_sitk(path)
+        raw = read_sitk(path, as_float=False)  # stored type (int16): preprocess_image casts the lung region
         t.append(time.perf_counter())
         scan = preprocess_image(raw, self.preprocess)
         if not scan.lung_found:

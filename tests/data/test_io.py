@@ -5,7 +5,7 @@ import pytest
 import SimpleITK as sitk
 
 from pivot_monai.data.geometry import Geometry
-from pivot_monai.data.io import CTReadError, find_scans, read_ct, seriesuid_from_path, write_image
+from pivot_monai.data.io import CTReadError, find_scans, read_ct, read_sitk, seriesuid_from_path, write_image
 from tests.conftest import FLIP_Z, oblique_direction
 
 
@@ -121,3 +121,13 @@ def test_integer_scans_read_as_float32_hu(tmp_path, rng):
     vol = read_ct(path)
     assert vol.array.dtype == np.float32
     np.testing.assert_array_equal(vol.array, arr.astype(np.float32))
+
+
+def test_read_can_keep_the_stored_integer_type(tmp_path, rng):
+    arr = _volume(rng)
+    geom = Geometry((-12.5, 30.0, -80.0), (0.7, 0.7, 2.5), np.eye(3), arr.shape)
+    path = write_image(arr, geom, tmp_path / "1.2.7.mhd")
+    image = read_sitk(path, as_float=False)
+    assert image.GetPixelID() == sitk.sitkInt16
+    np.testing.assert_array_equal(sitk.GetArrayViewFromImage(image).transpose(2, 1, 0), arr)
+    assert read_sitk(path).GetPixelID() == sitk.sitkFloat32

@@ -180,3 +180,26 @@ def test_shrink_then_smooth_resampling_keeps_world_positions_and_matches_one_gau
     ).transpose(2, 1, 0)  # fmt: skip
     assert np.abs(out - ref).mean() < 0.5 and np.abs(out - ref).max() < 80.0  # of a 1000 HU edge
     assert out.max() > 0.0  # the 8 mm sphere keeps its contrast
+
+
+@pytest.mark.parametrize("direction", ["identity", "flip", "oblique"])
+def test_integer_and_float_scans_preprocess_to_the_same_image(direction, rng):
+    # inference reads the stored int16 and casts only the resampled lung region: same crop, same voxels. A 0.7 mm
+    # in-plane scan going to 2 mm takes the BinShrink + Gaussian path, which would round in int16
+    import SimpleITK as sitk
+
+    from pivot_monai.data.preprocess import preprocess_image
+    from tests.conftest import _make_phantom, _nodule_in_left_lung
+
+    rot = {"identity": np.eye(3), "flip": FLIP_Z, "oblique": oblique_direction(12.0)}[direction]
+    geom = Geometry((-51.3, 20.2, -95.0), (0.7, 0.7, 1.25), rot, (150, 130, 60))
+    hu = _make_phantom(geom, _nodule_in_left_lung(geom), 8.0, rng)
+    raw = geom.apply_to_sitk(sitk.GetImageFromArray(hu.transpose(2, 1, 0)))
+    cfg = PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), crop_margin_mm=6.0)
+    native = preprocess_image(raw, cfg)
+    as_float = preprocess_image(sitk.Cast(raw, sitk.sitkFloat32), cfg)
+    assert raw.GetPixelID() == sitk.sitkInt16 and native.lung_found
+    assert native.crop_start == as_float.crop_start and native.geometry.size == as_float.geometry.size
+    np.testing.assert_allclose(native.geometry.origin, as_float.geometry.origin)
+    np.testing.assert_array_equal(native.image, as_float.image)
+    assert native.image.dtype == np.float32
