@@ -60,14 +60,39 @@ QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [3
 TARGET_SECONDS, TARGET_RSS_MB, TARGET_SPEEDUP = 30.0, 4096.0, 5.0
 
 
-def pivot_case(scan: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any], tta: bool) -> dict[str, Any]:
-    """PIVOT's default inference of one scan (runs in its own process); returns seconds, stages and candidates."""
+def _host_runtime(sections: Mapping[str, Any], reuse_memory: bool | None) -> None:
+    """The host setting ``pivot infer`` applies from the ``device`` section (``None``: follow the config)."""
+    from pivot_monai.engines.runtime import reuse_freed_memory
+
+    if reuse_memory is None:
+        reuse_memory = bool(sections.get("device", {}).get("reuse_freed_memory", True))
+    reuse_freed_memory(reuse_memory)
+
+
+def pivot_case(
+    scan: str | Sequence[str],
+    out_dir: str,
+    checkpoint: str,
+    sections: Mapping[str, Any],
+    tta: bool,
+    reuse_memory: bool | None = None,
+) -> dict[str, Any]:
+    """PIVOT's default inference, as ``pivot infer`` runs it, of one scan or a folder's scans in one process.
+
+    Runs in its own process. ``reuse_memory`` overrides ``device.reuse_freed_memory`` (``None``: the config's).
+
+    Returns:
+        seconds (per scan: the total over the scans, model loading included, divided by their number), stages and
+        candidates of the first scan.
+    """
     from pivot_monai.inference.pipeline import CANDIDATES_NAME, infer_scans
     from pivot_monai.metrics import ScanCandidates, read_submission_csv
 
+    _host_runtime(sections, reuse_memory)
+    scans = [scan] if isinstance(scan, str) else list(scan)
     start = time.perf_counter()
     report = infer_scans(
-        [scan],
+        scans,
         out_dir,
         checkpoint,
         data=sections["data"],
@@ -76,26 +101,54 @@ def pivot_case(scan: str, out_dir: str, checkpoint: str, sections: Mapping[str, 
         tta=tta,
         raise_on_failure=True,
     )
-    seconds = time.perf_counter() - start
-    (uid,) = report["ok"]
+    seconds = (time.perf_counter() - start) / len(scans)
+    uid = report["ok"][0]
     cands = read_submission_csv(Path(out_dir) / CANDIDATES_NAME).get(uid) or ScanCandidates(np.zeros((0, 3)), [])
     return {"seconds": seconds, "stages": report["seconds"][uid], "uid": uid, "candidates": cands}
 
 
-def baseline_case(scan: str, uid: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any]) -> dict[str, Any]:
-    """Plain MONAI sliding window over the whole resampled scan (runs in its own process); same outputs."""
+def baseline_case(
+    scan: str, uid: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any], reuse_memory: bool = False
+) -> dict[str, Any]:
+    """Plain MONAI sliding window over the whole resampled scan (runs in its own process); same outputs.
+
+    ``reuse_memory``: apply ``device.reuse_freed_memory`` (plain MONAI does not; the allocator ablation does).
+    """
+    from pivot_monai.inference.predictor import load_model
+
+    if reuse_memory:
+        _host_runtime(sections, True)
+    start = time.perf_counter()
+    net = load_model(checkpoint, sections["model"])
+    out = _baseline_scan(net, scan, uid, out_dir, sections)
+    return {**out, "seconds": time.perf_counter() - start}
+
+
+def baseline_folder_case(
+    scans: Sequence[str], out_dir: str, checkpoint: str, sections: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The baseline over several scans in one process (model loaded once): seconds per scan, first scan's outputs."""
+    from pivot_monai.inference.predictor import load_model
+
+    start = time.perf_counter()
+    net = load_model(checkpoint, sections["model"])
+    outs = [
+        _baseline_scan(net, scan, Path(scan).stem, str(Path(out_dir) / Path(scan).stem), sections) for scan in scans
+    ]
+    return {**outs[0], "seconds": (time.perf_counter() - start) / len(scans)}
+
+
+def _baseline_scan(net: Any, scan: str, uid: str, out_dir: str, sections: Mapping[str, Any]) -> dict[str, Any]:
+    """One scan through the plain pipeline with a loaded network; ``seconds`` excludes model loading."""
     import SimpleITK as sitk
     import torch
     from monai.inferers import sliding_window_inference
 
     from pivot_monai.data.geometry import Geometry
     from pivot_monai.inference.decode import DecodeSettings, decode_peaks, output_to_input_index
-    from pivot_monai.inference.predictor import load_model
     from pivot_monai.metrics import ScanCandidates, write_submission_csv
 
     data, inference = sections["data"], sections["inference"]
-    start = time.perf_counter()
-    net = load_model(checkpoint, sections["model"])
     t = [time.perf_counter()]  # stages as in the pipeline's report (model loading is in the total only)
     raw = sitk.ReadImage(scan, sitk.sitkFloat32)
     t.append(time.perf_counter())
@@ -136,7 +189,7 @@ def baseline_case(scan: str, uid: str, out_dir: str, checkpoint: str, sections: 
     write_submission_csv(Path(out_dir) / "candidates.csv", {uid: cands})
     t.append(time.perf_counter())
     stages = {n: round(b - a, 3) for n, a, b in zip(("read", "preprocess", "network", "decode"), t[:-1], t[1:])}
-    return {"seconds": t[-1] - start, "stages": stages, "uid": uid, "candidates": cands, "volume": list(x.shape[2:])}
+    return {"seconds": t[-1] - t[0], "stages": stages, "uid": uid, "candidates": cands, "volume": list(x.shape[2:])}
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -171,17 +224,25 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     raw_dir = ensure_raw_dataset(size, scans, args.seed)
     scan_paths = {p.name[: -len(".mhd")]: str(p) for p in sorted((raw_dir / "subset0").glob("*.mhd"))}
     out = WORK_DIR / f"infer_bench_{size}"
-    per: dict[str, dict[str, list[CaseResult]]] = {"pivot": {}, "baseline": {}, "pivot_tta": {}}
+    per: dict[str, dict[str, list[CaseResult]]] = {
+        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_reuse": {}
+    }  # fmt: skip
     kw = {"threads": args.threads}
+    ck = str(checkpoint)
     for uid, scan in scan_paths.items():
         cases = {
-            "pivot": partial(
-                run_isolated, pivot_case, scan, str(out / "pivot" / uid), str(checkpoint), sections, False, **kw
-            ),
+            "pivot": partial(run_isolated, pivot_case, scan, str(out / "pivot" / uid), ck, sections, False, **kw),
             "baseline": partial(
-                run_isolated, baseline_case, scan, uid, str(out / "baseline" / uid), str(checkpoint), sections, **kw
+                run_isolated, baseline_case, scan, uid, str(out / "baseline" / uid), ck, sections, **kw
             ),
         }
+        if not args.quick:  # the allocator lever on both sides (device.reuse_freed_memory)
+            cases["pivot_no_reuse"] = partial(
+                run_isolated, pivot_case, scan, str(out / "pivot_no_reuse" / uid), ck, sections, False, False, **kw
+            )
+            cases["baseline_reuse"] = partial(
+                run_isolated, baseline_case, scan, uid, str(out / "baseline_reuse" / uid), ck, sections, True, **kw
+            )
         for name, results in alternate(cases, repeats).items():
             per[name][uid] = results
         if tta:
@@ -198,6 +259,18 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             f", TTA {per['pivot_tta'][uid][0].value['seconds']:.1f} s" if tta else "",
         )
     uids = list(scan_paths)
+    folder: dict[str, list[CaseResult]] = {}
+    if not args.quick and len(scan_paths) > 1:  # what `pivot infer <folder>` sees: one process, model loaded once
+        scans = list(scan_paths.values())
+        folder = alternate(
+            {
+                "pivot": partial(run_isolated, pivot_case, scans, str(out / "folder_pivot"), ck, sections, False, **kw),
+                "baseline": partial(
+                    run_isolated, baseline_folder_case, scans, str(out / "folder_baseline"), ck, sections, **kw
+                ),
+            },
+            repeats,
+        )
     summary: dict[str, dict[str, Any]] = {}
     for name, by_uid in per.items():
         if not by_uid:
@@ -223,6 +296,13 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                 for u in uids
             },
         }
+    if folder:
+        summary["folder"] = {
+            name: {"seconds_per_scan": median([r.value["seconds"] for r in results]),
+                   "peak_rss_mb": max(r.peak_rss_mb for r in results),
+                   "seconds": [r.value["seconds"] for r in results]}
+            for name, results in folder.items()
+        }  # fmt: skip
     rows = _rows(summary, size, args.quick, trained)
     settings = {
         "quick": args.quick,
@@ -238,6 +318,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "data": sections["data"],
         "model": sections["model"],
         "inference": sections["inference"],
+        "device": sections.get("device", {}),
     }
     write_results(NAME, rows, summary, settings)
     return rows
@@ -263,6 +344,26 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
         Row(NAME, f"peak RSS MB{tag}", a["peak_rss_mb"], b["peak_rss_mb"], "" if quick else f"<= {TARGET_RSS_MB:g}"),
         Row(NAME, cpm, a["cpm"], b["cpm"], ">= baseline" if trained and not quick else ""),
     ]  # fmt: skip
+    if "pivot_no_reuse" in summary:
+        n, r = summary["pivot_no_reuse"], summary["baseline_reuse"]
+        rows += [
+            Row(NAME, "PIVOT s/scan: device.reuse_freed_memory on (default) vs off", a["seconds_per_scan"],
+                n["seconds_per_scan"]),
+            Row(NAME, "PIVOT network s/scan: reuse on vs off", a["stage_seconds"]["network"],
+                n["stage_seconds"]["network"]),
+            Row(NAME, "baseline s/scan: with reuse_freed_memory vs plain", r["seconds_per_scan"],
+                b["seconds_per_scan"]),
+            Row(NAME, "speed-up vs the baseline given reuse_freed_memory too (x)",
+                r["seconds_per_scan"] / a["seconds_per_scan"]),
+        ]  # fmt: skip
+    if "folder" in summary:
+        f = summary["folder"]
+        rows += [
+            Row(NAME, "s/scan, all scans in one process (pivot infer <folder>)", f["pivot"]["seconds_per_scan"],
+                f["baseline"]["seconds_per_scan"]),
+            Row(NAME, "speed-up, all scans in one process (x)",
+                f["baseline"]["seconds_per_scan"] / f["pivot"]["seconds_per_scan"]),
+        ]  # fmt: skip
     if "pivot_tta" in summary:
         t = summary["pivot_tta"]
         rows += [

@@ -424,7 +424,7 @@ def load_profile(config: str | Path | None, overrides: Mapping[str, Any] | None 
     """
     from pivot_monai.train_config import load_section
 
-    sections = {name: load_section(name, config) for name in ("data", "model", "inference", "training")}
+    sections = {name: load_section(name, config) for name in ("data", "model", "inference", "training", "device")}
     for key, value in (overrides or {}).items():
         section, _, name = key.partition("#")
         sections[section][name] = value

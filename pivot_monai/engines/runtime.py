@@ -13,6 +13,7 @@ __all__ = [
     "AutocastInferer",
     "amp_dtype",
     "memory_format",
+    "reuse_freed_memory",
     "select_device",
     "use_amp",
     "use_cpu_autocast",
@@ -29,10 +30,12 @@ def select_device(
     gpu_ids: Sequence[int] | None = None,
     cudnn_benchmark: bool = True,
     num_threads: int | None = None,
+    reuse_memory: bool = False,
 ) -> torch.device:
     """The torch device for ``device.type``; an unavailable accelerator falls back to CPU (or raises if ``strict``).
 
     The GPU index comes from ``LOCAL_RANK`` under torchrun (multi-node safe), else from ``gpu_ids[0]``.
+    ``reuse_memory`` (``device.reuse_freed_memory``) applies :func:`reuse_freed_memory` to this process.
 
     Raises:
         ValueError: unknown ``device.type``.
@@ -45,6 +48,8 @@ def select_device(
         raise ValueError(f"device.type must be one of {list(DEVICE_TYPES)}, got {kind!r}")
     if num_threads:
         torch.set_num_threads(int(num_threads))
+    if reuse_memory:
+        reuse_freed_memory()
     available = {
         "cuda": torch.cuda.is_available(),
         "cpu": True,
@@ -63,6 +68,52 @@ def select_device(
         torch.cuda.set_device(index)
         return torch.device("cuda", index)
     return torch.device(kind)
+
+
+# mallopt(3) parameters from glibc's <malloc.h>
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+_TRIM_BYTES = 2**31 - 1  # the largest value mallopt takes (an int): hand back only more than 2 GB of free heap top
+
+
+def reuse_freed_memory(enabled: bool = True) -> bool:
+    """Serve large host allocations from the process heap and keep freed memory there for reuse (glibc only).
+
+    glibc serves every allocation above its mmap threshold (at most 32 MB) with fresh pages from the kernel, and
+    returns them on free. PyTorch's CPU allocator keeps no cache, so each forward of a whole-lung window (a 2 mm
+    lung box is ~1.8 M voxels: one 8-channel feature map is ~58 MB) faults in and zero-fills all of its activations
+    again: about a third of the network's time on the 2-core machine of ``benchmarks/`` (0.41 -> 0.26 s per forward).
+    This is what PyTorch's CPU performance guide fixes by preloading jemalloc or tcmalloc; neither can be preloaded
+    from inside a running process nor installed from PyPI, so this sets the two glibc ``mallopt`` parameters that
+    have the same effect on this pattern: no mmap for large blocks, and no trimming of the heap's top (below 2 GB).
+
+    The cost is memory: the process keeps its high-water mark until it exits, and the heap fragments before it
+    settles (torch's aligned blocks rarely fit a freed block exactly). Measured with the demo model: one fullsize scan
+    per process peaked at 0.91 GB against 0.85 GB without; 28 scans in one process at 1.67 GB against 1.47 GB, stable
+    after the first round of scans. It applies to allocations made after the call, in this process and in the
+    processes it forks later (data-loader workers).
+
+    Args:
+        enabled: ``device.reuse_freed_memory``; ``False`` does nothing.
+
+    Returns:
+        Whether the setting was applied (``False`` when disabled, or off glibc, e.g. macOS or musl).
+    """
+    if not enabled:
+        return False
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        logger.debug("device.reuse_freed_memory: not glibc (%s), left as it is", platform.libc_ver())
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1
+    except (OSError, AttributeError) as err:  # no libc to load, or a libc without mallopt
+        logger.debug("device.reuse_freed_memory: mallopt unavailable (%s)", err)
+        return False
+    return bool(ok)
 
 
 def use_amp(device: torch.device, mixed_precision: bool, force_cpu: bool = False) -> bool:

@@ -33,9 +33,9 @@ _CONFIG_HELP = "YAML whose data/model/inference sections are merged over the def
 
 
 def config_sections(config: str | Path | None) -> dict[str, dict[str, Any]]:
-    """``{"data", "model", "inference"}`` sections: ``config`` deep-merged over the bundle's ``train.yaml``."""
+    """The ``data``, ``model``, ``inference`` and ``device`` sections: ``config`` deep-merged over ``train.yaml``."""
     out = {}
-    for name in ("data", "model", "inference"):
+    for name in ("data", "model", "inference", "device"):
         section = load_section(name)
         if config is not None:
             section = deep_merge(section, load_section(name, config))
@@ -49,6 +49,13 @@ def _auto_device(value: str) -> Any:
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _host_runtime(device: dict[str, Any]) -> None:
+    """Apply the ``device`` section's host settings that ``pivot infer`` / ``pivot evaluate`` honour."""
+    from pivot_monai.engines.runtime import reuse_freed_memory
+
+    reuse_freed_memory(bool(device.get("reuse_freed_memory", True)))
 
 
 def _guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -119,6 +126,7 @@ def _infer(args: argparse.Namespace) -> int:
     from pivot_monai.inference.pipeline import REPORT_NAME, infer_scans
 
     cfg = config_sections(args.config)
+    _host_runtime(cfg["device"])
     report = infer_scans(
         [str(p) for p in args.input],
         args.output,
@@ -178,6 +186,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from pivot_monai.inference.evaluate import evaluate
 
     cfg = config_sections(args.config)
+    _host_runtime(cfg["device"])
     metrics = evaluate(
         args.checkpoint,
         args.data_dir,

@@ -163,3 +163,18 @@ def test_default_size_detector_exports_and_infers_identically_with_tta(make_raw_
             assert len(got) == len(ref) == 100
             np.testing.assert_allclose(got.probability, ref.probability, atol=1e-5)
             np.testing.assert_allclose(got.world, ref.world, atol=1e-2)  # refinement amplifies 1e-6
+
+
+@pytest.mark.parametrize("setting", [None, False])
+def test_infer_command_applies_device_reuse_freed_memory(tiny_config, tmp_path, monkeypatch, setting):
+    from pivot_monai.engines import runtime
+
+    calls = []
+    monkeypatch.setattr(runtime, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or enabled)
+    cfg = tiny_config()
+    if setting is not None:
+        cfg.write_text(cfg.read_text() + f"device: {{reuse_freed_memory: {str(setting).lower()}}}\n")
+    args = _args(add_infer_arguments, ["--checkpoint", str(tmp_path / "missing.pt"), "--input", str(tmp_path),
+                                       "--output", str(tmp_path / "out"), "--config", str(cfg)])  # fmt: skip
+    assert run_infer(args) == 2  # the missing checkpoint, after the host settings were applied
+    assert calls == [True if setting is None else setting]
