@@ -10,6 +10,9 @@ Per scan, each side runs in a fresh process (peak RSS per case), alternating, ``
   MONAI's other defaults (constant blending), ``sw_batch_size`` from the config (MONAI has no default); then the same
   :func:`~pivot_monai.inference.decode.decode_peaks` and ``candidates.csv``.
 * **pivot + TTA** (full mode, ``--no-tta`` skips): the pipeline with ``inference.tta`` on, one round.
+* **allocator lever** (full mode): PIVOT with ``device.reuse_freed_memory`` off and the baseline with it on, alternating
+  with the two cases above (``pivot infer`` applies the config's setting, default on, so **pivot** does too).
+* **folder** (full mode): all scans in one process, model loaded once, both sides: what ``pivot infer <folder>`` sees.
 
 CPM of each side on the same scans against the generator's ``annotations.csv``
 (:func:`~pivot_monai.metrics.compute_froc`). Without a trained checkpoint (``make demo`` writes
