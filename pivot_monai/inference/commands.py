@@ -29,7 +29,9 @@ __all__ = [
 logger = logging.getLogger("pivot_monai")
 
 _BAD_INPUT = (ValueError, TypeError, FileNotFoundError, KeyError, ImportError, ConfigKeyError)
-_CONFIG_HELP = "YAML whose data/model/inference sections are merged over the defaults; None = bundle/configs/train.yaml"
+_CONFIG_HELP = (
+    "YAML whose data/model/inference/device sections are merged over the defaults; None = bundle/configs/train.yaml"
+)
 
 
 def config_sections(config: str | Path | None) -> dict[str, dict[str, Any]]:
