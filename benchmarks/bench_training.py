@@ -6,7 +6,9 @@ workflow as ``make demo``) on a small synthetic processed dataset made under ``b
 
 * **cache** (default): ``CacheDataset`` (the deterministic transforms, loading included, cached in memory) +
   ``DataLoader`` (``data.num_workers`` workers) + ``SupervisedTrainer``;
-* **plain** (baseline): ``monai.data.Dataset`` with the same transforms, so every step loads NIfTI again.
+* **plain** (baseline): ``monai.data.Dataset`` with the same transforms, so every step loads NIfTI again;
+* **meta** (full mode): the cache arm with ``data.track_meta: true``, i.e. MONAI's MetaTensors through the crops and
+  augmentations (the bundle's default is ``false``).
 
 Ignite events time each iteration: data wait is ``GET_BATCH_STARTED`` -> ``GET_BATCH_COMPLETED`` (ignite 0.5 fires
 ``ITERATION_STARTED`` only after ``GET_BATCH_COMPLETED``), the step is ``GET_BATCH_STARTED`` -> the end of
@@ -128,8 +130,16 @@ def make_processed(num_scans: int, seed: int, config: Path) -> tuple[Path, Path]
     return processed, datalist
 
 
-def run_arm(config: Path, processed: Path, datalist: Path, epochs: int, plain: bool, tag: str) -> dict[str, Any]:
-    """Train one arm through ``ConfigWorkflow`` and return its timings."""
+def run_arm(
+    config: Path,
+    processed: Path,
+    datalist: Path,
+    epochs: int,
+    plain: bool,
+    tag: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train one arm through ``ConfigWorkflow`` and return its timings (``extra``: more ``#`` overrides)."""
     from monai.bundle import ConfigWorkflow
 
     overrides: dict[str, Any] = {
@@ -145,6 +155,7 @@ def run_arm(config: Path, processed: Path, datalist: Path, epochs: int, plain: b
     }
     if plain:
         overrides["train#dataset"] = dict(PLAIN_DATASET)
+    overrides.update(extra or {})
     workflow = ConfigWorkflow(
         config_file=[str(CONFIG_DIR / "train.yaml"), str(config)],
         meta_file=str(CONFIG_DIR / "metadata.json"),
@@ -198,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "cache": lambda: run_arm(args.config, processed, datalist, epochs, False, "cache"),
         "plain": lambda: run_arm(args.config, processed, datalist, epochs, True, "plain"),
     }
+    if not args.quick:
+        meta = {"data#track_meta": True}
+        arms["meta"] = lambda: run_arm(args.config, processed, datalist, epochs, False, "meta", meta)
     runs = alternate(arms, repeats)
 
     def med(arm: str, key: str) -> float:
@@ -214,6 +228,13 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         Row(NAME, "setup s incl. cache build (CacheDataset vs Dataset)", med("cache", "setup_s"),
             med("plain", "setup_s")),
     ]  # fmt: skip
+    if "meta" in runs:
+        rows += [
+            Row(NAME, "patches/s: data.track_meta false (default) vs true", med("cache", "patches_per_s"),
+                med("meta", "patches_per_s")),
+            Row(NAME, "data wait % of step: track_meta false vs true", med("cache", "wait_percent"),
+                med("meta", "wait_percent")),
+        ]  # fmt: skip
     settings = {"quick": args.quick, "config": str(args.config), "scans": scans, "seed": args.seed}
     settings.update(epochs=epochs, repeats=repeats)
     write_results(NAME, rows, {"runs": runs}, settings)

@@ -32,6 +32,16 @@ def oblique_direction(angle_deg: float = 20.0) -> np.ndarray:
     return rz @ rx
 
 
+@pytest.fixture(autouse=True)
+def _monai_track_meta_default():
+    """A bundle run sets ``monai.data.set_track_meta(data.track_meta)`` process-wide; each test starts from the default."""
+    from monai.data import set_track_meta
+
+    set_track_meta(True)
+    yield
+    set_track_meta(True)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(1234)

@@ -109,3 +109,27 @@ def test_heatmap_keys_reach_the_training_targets(tiny_processed, tmp_path):
     chain = wf.parser.get_parsed_content("train#preprocessing").transforms
     targets = [t for t in chain if isinstance(t, NoduleTargetsd)]
     assert [(t.sigma_scale, t.min_sigma_vox) for t in targets] == [(0.3, 1.5)]
+
+
+def test_track_meta_key_decides_what_the_cache_holds_and_the_crops_stay_the_same(tiny_processed, tmp_path):
+    import torch
+    from monai.data import MetaTensor, get_track_meta
+    from monai.utils import set_determinism
+
+    crops = {}
+    for track_meta in (False, True):
+        overrides = bundle_overrides(TINY_OVERRIDES, **{"data#track_meta": track_meta})
+        wf = bundle_workflow([CONFIGS / "train.yaml"], tiny_processed, tmp_path / str(track_meta), overrides)
+        assert get_track_meta() is track_meta  # set by `initialize`, before the cache was built
+        dataset = wf.parser.get_parsed_content("train#dataset")
+        cached = dataset._cache[0]["image"]
+        assert isinstance(cached, MetaTensor) is track_meta and cached.shape[0] == 1  # channel first either way
+        set_determinism(seed=5)
+        dataset.transform.set_random_state(seed=5)
+        crops[track_meta] = [dataset[i] for i in range(len(dataset))]
+        wf.finalize()
+        assert get_track_meta() is True  # MONAI's default back after the run
+    for off, on in zip(crops[False], crops[True]):
+        for a, b in zip(off, on):
+            assert type(a["image"]) is torch.Tensor and type(b["image"]) is torch.Tensor
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
