@@ -34,7 +34,7 @@ def oblique_direction(angle_deg: float = 20.0) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def _monai_track_meta_default():
-    """A bundle run sets ``monai.data.set_track_meta(data.track_meta)`` process-wide; each test starts from the default."""
+    """Bundle runs call ``monai.data.set_track_meta(data.track_meta)`` process-wide; each test starts at the default."""
     from monai.data import set_track_meta
 
     set_track_meta(True)
