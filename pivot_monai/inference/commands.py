@@ -82,6 +82,13 @@ def _common(p: argparse.ArgumentParser) -> None:
         default=None,
         help="test-time augmentation (flips, averaged); None = inference.tta.enabled of the config (off)",
     )
+    p.add_argument(
+        "--amp",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mixed precision (autocast in device.amp_dtype); default: device.mixed_precision of the config on CUDA "
+        "(on), off on CPU unless device.force_cpu_amp",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------- infer
@@ -138,6 +145,8 @@ def _infer(args: argparse.Namespace) -> int:
         inference=cfg["inference"],
         device=_auto_device(args.device),
         tta=args.tta,
+        device_cfg=cfg["device"],
+        amp=args.amp,
         overlap=args.overlap,
         sw_batch_size=args.sw_batch_size,
         save_heatmap=args.save_heatmap,
@@ -198,6 +207,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         inference=cfg["inference"],
         device=_auto_device(args.device),
         tta=args.tta,
+        device_cfg=cfg["device"],
+        amp=args.amp,
         bootstrap=args.bootstrap,
         seed=args.seed,
         threshold=args.threshold,

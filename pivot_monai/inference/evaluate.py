@@ -169,6 +169,8 @@ def evaluate(
     inference: Mapping[str, Any] | None = None,
     device: Any = None,
     tta: bool | None = None,
+    device_cfg: Mapping[str, Any] | None = None,
+    amp: bool | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
     threshold: float | None = 0.5,
@@ -185,6 +187,9 @@ def evaluate(
         inference: ``inference`` config section (window, decoding, ``tta``). Default: the defaults.
         device: ``cpu``/``cuda``/``torch.device``. Default CPU.
         tta: force test-time augmentation on/off; ``None`` follows the config.
+        device_cfg: ``device`` config section: mixed precision (see
+            :func:`~pivot_monai.inference.predictor.inference_autocast`). Default: none.
+        amp: force mixed precision on/off; ``None`` follows ``device_cfg``.
         bootstrap: scan-level bootstrap resamples for the 95 % CIs (seeded); 0 disables. Default 1000.
         seed: bootstrap seed. Default 0.
         threshold: operating probability of the per-nodule metrics and of the detection Dice spheres. Default 0.5.
@@ -200,7 +205,9 @@ def evaluate(
     """
     out = Path(output_dir)
     cases = discover_cases(data_dir)
-    predictor = Predictor.from_config(model, data, model_cfg, inference, device=device, tta=tta)
+    predictor = Predictor.from_config(
+        model, data, model_cfg, inference, device=device, tta=tta, device_cfg=device_cfg, amp=amp
+    )
     pipeline = InferencePipeline(predictor, data, inference)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

@@ -287,6 +287,7 @@ class InferencePipeline:
             "tta": self.predictor.tta.names,
             "roi_size": list(self.predictor.roi_size),
             "output_stride": self.predictor.output_stride,
+            "autocast": str(self.predictor.autocast_dtype).replace("torch.", "") if self.predictor.autocast else None,
         }
 
 
@@ -302,6 +303,8 @@ def infer_scans(
     tta: bool | None = None,
     overlap: float | None = None,
     sw_batch_size: int | None = None,
+    device_cfg: Mapping[str, Any] | None = None,
+    amp: bool | None = None,
     save_heatmap: bool = False,
     save_previews: bool = False,
     num_previews: int = 5,
@@ -320,6 +323,9 @@ def infer_scans(
         tta: force test-time augmentation on/off; ``None`` follows ``inference.tta.enabled``.
         overlap: sliding-window overlap; ``None`` follows ``inference.overlap``.
         sw_batch_size: windows per forward; ``None`` follows ``inference.sw_batch_size``.
+        device_cfg: ``device`` config section: mixed precision (``mixed_precision``, ``amp_dtype``,
+            ``force_cpu_amp``; see :func:`~pivot_monai.inference.predictor.inference_autocast`). Default: none.
+        amp: force mixed precision on/off; ``None`` follows ``device_cfg``.
         save_heatmap: write ``<uid>_heatmap.nii.gz`` aligned with the raw scan. Default False.
         save_previews: write PNG previews of the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
@@ -333,7 +339,16 @@ def infer_scans(
         ValueError: a bad model file or config value.
     """
     predictor = Predictor.from_config(
-        model, data, model_cfg, inference, device=device, tta=tta, overlap=overlap, sw_batch_size=sw_batch_size
+        model,
+        data,
+        model_cfg,
+        inference,
+        device=device,
+        tta=tta,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        device_cfg=device_cfg,
+        amp=amp,
     )
     pipeline = InferencePipeline(
         predictor, data, inference, save_heatmap=save_heatmap, save_previews=save_previews, num_previews=num_previews

@@ -33,6 +33,7 @@ from pivot_monai.networks import OUTPUT_KEYS, build_network
 __all__ = [
     "OnnxModel",
     "Predictor",
+    "inference_autocast",
     "load_checkpoint",
     "load_model",
     "load_state_dict",
@@ -213,6 +214,35 @@ def _as_dict(out: Any, where: str = "network output") -> dict[str, torch.Tensor]
     raise ValueError(f"{where} must be a dict (or tuple) of {list(OUTPUT_KEYS)}, got {type(out).__name__}")
 
 
+def inference_autocast(
+    device: torch.device, device_cfg: Mapping[str, Any] | None = None, amp: bool | None = None
+) -> tuple[bool, torch.dtype]:
+    """Whether (and in which dtype) inference runs under autocast, by the rules the bundle's engines use.
+
+    ``device.mixed_precision`` turns it on for CUDA (``device.amp_dtype``, float16 by default), and on CPU only
+    with ``device.force_cpu_amp`` (see :func:`pivot_monai.engines.runtime.use_amp`). ``amp`` (``--amp`` /
+    ``--no-amp``) overrides the section; asked for on CPU it runs, with a warning that it is slow there.
+
+    Args:
+        device: where the network runs.
+        device_cfg: the guide's ``device`` section, or ``None`` (no mixed precision).
+        amp: explicit on/off, or ``None`` to follow ``device_cfg``.
+
+    Returns:
+        (enabled, dtype).
+    """
+    from pivot_monai.engines.runtime import amp_dtype, use_amp, use_cpu_autocast
+
+    cfg = dict(device_cfg or {})
+    dtype = amp_dtype(cfg.get("amp_dtype", "float16"))
+    if amp is None:
+        mixed, force = bool(cfg.get("mixed_precision", False)), bool(cfg.get("force_cpu_amp", False))
+        return use_amp(device, mixed, force) or use_cpu_autocast(device, mixed, force), dtype
+    if amp and device.type == "cpu":
+        logger.warning("--amp on CPU: %s autocast is slow on CPUs without native support for it", dtype)
+    return bool(amp), dtype
+
+
 class Predictor:
     """Dense maps for a whole volume: sliding window (and TTA) over any loaded detector.
 
@@ -230,6 +260,9 @@ class Predictor:
         max_roi: ``inference.roi_size``: fit the window to each volume, whole axes up to this size (see
             :meth:`window`); ``None`` slides ``roi_size`` windows. Default None.
         multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 16.
+        autocast: run the network under ``torch.autocast`` on ``device`` (mixed precision; see
+            :func:`inference_autocast`); the maps come back float32 either way. Default False.
+        autocast_dtype: the autocast dtype (``device.amp_dtype``). Default ``torch.float16``.
 
     Example:
         >>> net = build_network({"base_filters": 4, "depth": 2}).eval()
@@ -252,6 +285,8 @@ class Predictor:
         inferer: Inferer | None = None,
         max_roi: Sequence[int] | None = None,
         multiple: int = 16,
+        autocast: bool = False,
+        autocast_dtype: torch.dtype = torch.float16,
     ) -> None:
         self.roi_size = tuple(int(v) for v in roi_size)
         if len(self.roi_size) != 3 or min(self.roi_size) < 1:
@@ -267,6 +302,7 @@ class Predictor:
         self.multiple = int(multiple)
         self.overlap, self.sw_batch_size, self.blend_mode = float(overlap), int(sw_batch_size), blend_mode
         self.device = resolve_device(device)
+        self.autocast, self.autocast_dtype = bool(autocast), autocast_dtype
         self.tta = TTASettings.from_config(tta)
         self.output_stride = output_stride
         # a measured stride is set on the windows in stride()
@@ -293,16 +329,20 @@ class Predictor:
         tta: bool | None = None,
         overlap: float | None = None,
         sw_batch_size: int | None = None,
+        device_cfg: Mapping[str, Any] | None = None,
+        amp: bool | None = None,
     ) -> Predictor:
         """Load ``model`` (see :func:`load_model`) and set the window from the config sections.
 
         ``data.patch_size`` is the smallest window and ``inference.roi_size`` the largest (``null``: always the
         patch); ``inference.overlap``, ``sw_batch_size``, ``blend_mode`` and ``tta`` the rest; fitted windows are
-        multiples of ``2 ** model.depth``. Keyword arguments that are not ``None`` override the config (CLI flags).
+        multiples of ``2 ** model.depth``; mixed precision from the ``device`` section ``device_cfg`` (see
+        :func:`inference_autocast`). Keyword arguments that are not ``None`` override the config (CLI flags).
         """
         data, inference = dict(data or {}), dict(inference or {})
         depth = int(dict(model_cfg or {}).get("depth", 4))
         dev = resolve_device(device)
+        autocast, dtype = inference_autocast(dev, device_cfg, amp)
         return cls(
             load_model(model, model_cfg, dev),
             data.get("patch_size", (64, 64, 64)),
@@ -313,10 +353,14 @@ class Predictor:
             tta=TTASettings.from_config(inference.get("tta"), enabled=tta),
             max_roi=inference.get("roi_size"),
             multiple=2**depth,
+            autocast=autocast,
+            autocast_dtype=dtype,
         )
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v.float() for k, v in _as_dict(self.network(x)).items()}
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast):
+            out = _as_dict(self.network(x))
+        return {k: v.float() for k, v in out.items()}
 
     def stride(self, in_channels: int = 1) -> int:
         """The network's output stride (measured once on a zero patch unless given)."""
