@@ -37,8 +37,9 @@ BENCHMARKS = {
     "preprocess": "benchmarks.bench_preprocess",
     "compute": "benchmarks.bench_compute",
     "quality": "benchmarks.bench_quality",
+    "gpu": "benchmarks.bench_gpu",  # AMP on/off on a CUDA GPU; one "skipped" row without one
 }
-_TAKES_CHECKPOINT = ("inference", "quality")
+_TAKES_CHECKPOINT = ("inference", "quality", "gpu")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
