@@ -79,10 +79,12 @@ def pivot_case(
     sections: Mapping[str, Any],
     tta: bool,
     reuse_memory: bool | None = None,
+    amp: bool | None = None,
 ) -> dict[str, Any]:
     """PIVOT's default inference, as ``pivot infer`` runs it, of one scan or a folder's scans in one process.
 
-    Runs in its own process. ``reuse_memory`` overrides ``device.reuse_freed_memory`` (``None``: the config's).
+    Runs in its own process. ``reuse_memory`` overrides ``device.reuse_freed_memory`` and ``amp`` the mixed
+    precision (``--amp``/``--no-amp``); ``None``: the config's, as ``pivot infer`` applies them.
 
     Returns:
         seconds (per scan: the total over the scans, model loading included, divided by their number), stages and
@@ -102,12 +104,15 @@ def pivot_case(
         model_cfg=sections["model"],
         inference=sections["inference"],
         tta=tta,
+        device_cfg=sections.get("device"),
+        amp=amp,
         raise_on_failure=True,
     )
     seconds = (time.perf_counter() - start) / len(scans)
     uid = report["ok"][0]
     cands = read_submission_csv(Path(out_dir) / CANDIDATES_NAME).get(uid) or ScanCandidates(np.zeros((0, 3)), [])
-    return {"seconds": seconds, "stages": report["seconds"][uid], "uid": uid, "candidates": cands}
+    autocast = report["settings"]["autocast"]
+    return {"seconds": seconds, "stages": report["seconds"][uid], "uid": uid, "candidates": cands, "autocast": autocast}
 
 
 def baseline_case(
@@ -228,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     scan_paths = {p.name[: -len(".mhd")]: str(p) for p in sorted((raw_dir / "subset0").glob("*.mhd"))}
     out = WORK_DIR / f"infer_bench_{size}"
     per: dict[str, dict[str, list[CaseResult]]] = {
-        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_reuse": {}
+        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_reuse": {}, "pivot_fp32": {}
     }  # fmt: skip
     kw = {"threads": args.threads}
     ck = str(checkpoint)
@@ -246,6 +251,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             cases["baseline_reuse"] = partial(
                 run_isolated, baseline_case, scan, uid, str(out / "baseline_reuse" / uid), ck, sections, True, **kw
             )
+            if _default_autocast(sections):  # mixed precision on by default here (a CPU with native bf16)
+                cases["pivot_fp32"] = partial(
+                    run_isolated, pivot_case, scan, str(out / "pivot_fp32" / uid), ck, sections, False, None, False,
+                    **kw,
+                )  # fmt: skip
         for name, results in alternate(cases, repeats).items():
             per[name][uid] = results
         if tta:
@@ -327,6 +337,15 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     return rows
 
 
+def _default_autocast(sections: Mapping[str, Any]) -> bool:
+    """Whether ``pivot infer`` would run the network under autocast on this machine's CPU (see the JSON's machine)."""
+    import torch
+
+    from pivot_monai.inference.predictor import inference_autocast
+
+    return inference_autocast(torch.device("cpu"), sections.get("device"))[0]
+
+
 def _fixed(side: Mapping[str, Any]) -> float:
     """Seconds per scan outside the network: the floor no window choice can lower."""
     return float(sum(v for k, v in side["stage_seconds"].items() if k != "network"))
@@ -358,6 +377,17 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
                 b["seconds_per_scan"]),
             Row(NAME, "speed-up vs the baseline given reuse_freed_memory too (x)",
                 r["seconds_per_scan"] / a["seconds_per_scan"]),
+        ]  # fmt: skip
+    if "pivot_fp32" in summary:
+        f32 = summary["pivot_fp32"]
+        rows += [
+            Row(NAME, "PIVOT s/scan: default autocast (bf16 on this CPU) vs --no-amp (float32)", a["seconds_per_scan"],
+                f32["seconds_per_scan"]),
+            Row(NAME, "PIVOT network s/scan: bf16 vs float32", a["stage_seconds"]["network"],
+                f32["stage_seconds"]["network"]),
+            Row(NAME, "CPM: bf16 vs float32", a["cpm"], f32["cpm"]),
+            Row(NAME, "speed-up vs plain MONAI with PIVOT in float32 (x)",
+                b["seconds_per_scan"] / f32["seconds_per_scan"]),
         ]  # fmt: skip
     if "folder" in summary:
         f = summary["folder"]

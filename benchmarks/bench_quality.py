@@ -142,6 +142,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         data=sections["data"],
         model_cfg=sections["model"],
         inference=sections["inference"],
+        device_cfg=sections["device"],  # as `pivot evaluate`: bf16 autocast on a CPU with native bf16
         bootstrap=bootstrap,
         threshold=args.threshold,
     )

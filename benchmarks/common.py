@@ -194,8 +194,12 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
     return {
         "cpu_model": _cpu_model(),
+        # the VM's host CPU changes between days (AVX2 only, or AVX-512 with AMX): speed and bf16 depend on it
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_flags": sorted(k for k in ("avx2", "avx512_f", "avx512_bf16", "amx_bf16", "amx_fp16") if caps.get(k)),
         "logical_cores": os.cpu_count(),
         "usable_cores": usable,
         "memory_gb": _memory_gb(),

@@ -57,8 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     names = [n for n in BENCHMARKS if args.only is None or n in args.only]
     info = machine_info()
     logger.info(
-        "%s, %s usable of %s cores, load %s; torch %s (%d threads, OMP_WAIT_POLICY=%s), MONAI %s, commit %s",
+        "%s (%s: %s), %s usable of %s cores, load %s; torch %s (%d threads, OMP_WAIT_POLICY=%s), MONAI %s, commit %s",
         info["cpu_model"],
+        info["cpu_capability"],
+        " ".join(info["cpu_flags"]),
         info["usable_cores"],
         info["logical_cores"],
         info["load_average"],

