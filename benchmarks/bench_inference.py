@@ -13,6 +13,7 @@ Per scan, each side runs in a fresh process (peak RSS per case), alternating, ``
 * **allocator lever** (full mode): PIVOT with ``device.reuse_freed_memory`` off and the baseline with it on, alternating
   with the two cases above (``pivot infer`` applies the config's setting, default on, so **pivot** does too).
 * **folder** (full mode): all scans in one process, model loaded once, both sides: what ``pivot infer <folder>`` sees.
+* **pivot --amp** (full mode, on CPUs with native bf16 only): the pipeline with bf16 autocast, the opt-in CPU lever.
 
 CPM of each side on the same scans against the generator's ``annotations.csv``
 (:func:`~pivot_monai.metrics.compute_froc`). Without a trained checkpoint (``make demo`` writes
@@ -224,6 +225,8 @@ def _froc(results: Mapping[str, Sequence[CaseResult]], raw_dir: Path, uids: Sequ
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     """Run the benchmark, write ``benchmarks/results/inference.json`` and return the table rows."""
+    from pivot_monai.engines.runtime import cpu_has_native_bf16
+
     args = parse_args(argv)
     size, scans, repeats = ("small", 1, 1) if args.quick else ("fullsize", args.scans, args.repeats)
     tta = (not args.quick) if args.tta is None else args.tta
@@ -233,7 +236,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     scan_paths = {p.name[: -len(".mhd")]: str(p) for p in sorted((raw_dir / "subset0").glob("*.mhd"))}
     out = WORK_DIR / f"infer_bench_{size}"
     per: dict[str, dict[str, list[CaseResult]]] = {
-        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_reuse": {}, "pivot_fp32": {}
+        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_reuse": {}, "pivot_bf16": {}
     }  # fmt: skip
     kw = {"threads": args.threads}
     ck = str(checkpoint)
@@ -251,9 +254,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             cases["baseline_reuse"] = partial(
                 run_isolated, baseline_case, scan, uid, str(out / "baseline_reuse" / uid), ck, sections, True, **kw
             )
-            if _default_autocast(sections):  # mixed precision on by default here (a CPU with native bf16)
-                cases["pivot_fp32"] = partial(
-                    run_isolated, pivot_case, scan, str(out / "pivot_fp32" / uid), ck, sections, False, None, False,
+            if cpu_has_native_bf16():  # the --amp lever where it pays (AMX / AVX512-BF16)
+                cases["pivot_bf16"] = partial(
+                    run_isolated, pivot_case, scan, str(out / "pivot_bf16" / uid), ck, sections, False, None, True,
                     **kw,
                 )  # fmt: skip
         for name, results in alternate(cases, repeats).items():
@@ -337,15 +340,6 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     return rows
 
 
-def _default_autocast(sections: Mapping[str, Any]) -> bool:
-    """Whether ``pivot infer`` would run the network under autocast on this machine's CPU (see the JSON's machine)."""
-    import torch
-
-    from pivot_monai.inference.predictor import inference_autocast
-
-    return inference_autocast(torch.device("cpu"), sections.get("device"))[0]
-
-
 def _fixed(side: Mapping[str, Any]) -> float:
     """Seconds per scan outside the network: the floor no window choice can lower."""
     return float(sum(v for k, v in side["stage_seconds"].items() if k != "network"))
@@ -378,16 +372,15 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
             Row(NAME, "speed-up vs the baseline given reuse_freed_memory too (x)",
                 r["seconds_per_scan"] / a["seconds_per_scan"]),
         ]  # fmt: skip
-    if "pivot_fp32" in summary:
-        f32 = summary["pivot_fp32"]
+    if "pivot_bf16" in summary:
+        h = summary["pivot_bf16"]
         rows += [
-            Row(NAME, "PIVOT s/scan: default autocast (bf16 on this CPU) vs --no-amp (float32)", a["seconds_per_scan"],
-                f32["seconds_per_scan"]),
-            Row(NAME, "PIVOT network s/scan: bf16 vs float32", a["stage_seconds"]["network"],
-                f32["stage_seconds"]["network"]),
-            Row(NAME, "CPM: bf16 vs float32", a["cpm"], f32["cpm"]),
-            Row(NAME, "speed-up vs plain MONAI with PIVOT in float32 (x)",
-                b["seconds_per_scan"] / f32["seconds_per_scan"]),
+            Row(NAME, "PIVOT s/scan: --amp (bf16, native on this CPU) vs default float32", h["seconds_per_scan"],
+                a["seconds_per_scan"]),
+            Row(NAME, "PIVOT network s/scan: --amp bf16 vs float32", h["stage_seconds"]["network"],
+                a["stage_seconds"]["network"]),
+            Row(NAME, "CPM: --amp bf16 vs float32", h["cpm"], a["cpm"]),
+            Row(NAME, "speed-up vs plain MONAI with --amp (x)", b["seconds_per_scan"] / h["seconds_per_scan"]),
         ]  # fmt: skip
     if "folder" in summary:
         f = summary["folder"]

@@ -222,22 +222,22 @@ def inference_autocast(
 ) -> tuple[bool, torch.dtype]:
     """Whether (and in which dtype) inference runs under autocast.
 
-    With ``device.mixed_precision`` on (train.yaml's default):
+    With ``device.mixed_precision`` on (train.yaml's default), as the bundle's engines decide:
 
-    * CUDA: autocast in ``device.amp_dtype`` (float16 by default), as the bundle's engines do;
-    * CPU with ``device.force_cpu_amp``: autocast in ``device.amp_dtype``, as the bundle's engines do;
-    * CPU that computes bfloat16 natively (AMX or AVX512-BF16; see
-      :func:`~pivot_monai.engines.runtime.cpu_has_native_bf16`): bfloat16 autocast. Measured on such a VM: the demo
-      network 2.3x faster, the same held-out CPM (0.887), size MAE 1.34 vs 1.35 mm; other CPUs stay in float32,
-      where bf16 would be slower.
+    * CUDA: autocast in ``device.amp_dtype`` (float16 by default);
+    * CPU: only with ``device.force_cpu_amp``. Otherwise float32 on every CPU, so results do not depend on the host.
 
-    ``amp`` (``--amp`` / ``--no-amp``) overrides all of this; ``--amp`` on a CPU uses ``device.amp_dtype``.
+    ``amp`` (``--amp`` / ``--no-amp``) overrides this. On a CPU the dtype is always bfloat16: float16 autocast ran
+    the demo network slower than float32 (0.33 vs 0.24 s per lung box). bf16 pays on CPUs that compute it natively
+    (AMX or AVX512-BF16, :func:`~pivot_monai.engines.runtime.cpu_has_native_bf16`): measured on such a VM, the demo
+    network ran 2.3x faster with the same held-out CPM (0.887) and size MAE 1.34 vs 1.35 mm; elsewhere it is
+    emulated and slower, and ``--amp`` warns.
 
     Args:
         device: where the network runs.
         device_cfg: the guide's ``device`` section, or ``None`` (no mixed precision).
         amp: explicit on/off, or ``None`` to follow ``device_cfg``.
-        native_bf16: whether the CPU has native bfloat16; ``None`` asks the CPU.
+        native_bf16: whether the CPU has native bfloat16 (for the ``--amp`` warning); ``None`` asks the CPU.
 
     Returns:
         (enabled, dtype).
@@ -247,18 +247,13 @@ def inference_autocast(
     cfg = dict(device_cfg or {})
     dtype = amp_dtype(cfg.get("amp_dtype", "float16"))
     mixed, force = bool(cfg.get("mixed_precision", False)), bool(cfg.get("force_cpu_amp", False))
-    if amp is not None:
-        if amp and device.type == "cpu" and not (dtype == torch.bfloat16 and _native(native_bf16)):
-            logger.warning("--amp on CPU: %s autocast is usually slower than float32 here", dtype)
-        return bool(amp), dtype
     if device.type != "cpu":
-        return use_amp(device, mixed, force), dtype
-    if use_cpu_autocast(device, mixed, force):
-        return True, dtype
-    if mixed and _native(native_bf16):
-        logger.info("device.mixed_precision on a CPU with native bfloat16 (AMX/AVX512-BF16): bf16 autocast")
-        return True, torch.bfloat16
-    return False, dtype
+        return (use_amp(device, mixed, force) if amp is None else bool(amp)), dtype
+    if amp is not None:
+        if amp and not _native(native_bf16):
+            logger.warning("--amp on a CPU without native bfloat16 (AMX/AVX512-BF16): bf16 is emulated and slow")
+        return bool(amp), torch.bfloat16
+    return use_cpu_autocast(device, mixed, force), torch.bfloat16
 
 
 def _native(native_bf16: bool | None) -> bool:
