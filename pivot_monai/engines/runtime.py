@@ -12,6 +12,7 @@ __all__ = [
     "DEVICE_TYPES",
     "AutocastInferer",
     "amp_dtype",
+    "autocast_dtype",
     "cpu_has_native_bf16",
     "memory_format",
     "reuse_freed_memory",
@@ -198,3 +199,17 @@ def memory_format(network: torch.nn.Module, channels_last: bool) -> torch.nn.Mod
     Measured in ``benchmarks/bench_compute.py``: 1.3-1.9x faster 3D convolutions on this project's CPUs.
     """
     return network.to(memory_format=torch.channels_last_3d) if channels_last else network
+
+
+def autocast_dtype(device: torch.device, name: str) -> torch.dtype:
+    """The autocast dtype on ``device``: ``device.amp_dtype`` on an accelerator, always bfloat16 on a CPU.
+
+    CPU float16 autocast is far slower than bfloat16 (the bundle's forced-CPU-AMP training ran at 0.01 patches/s
+    with float16, benchmarks/bench_gpu.py on the CPU), so ``device.force_cpu_amp`` trains in bf16 whatever
+    ``amp_dtype`` says (train.yaml's float16 is the CUDA default); ``pivot infer --amp`` does the same.
+
+    Raises:
+        ValueError: ``name`` is not a dtype ``amp_dtype`` knows.
+    """
+    dtype = amp_dtype(name)
+    return torch.bfloat16 if device.type == "cpu" else dtype

@@ -67,6 +67,7 @@ def test_forced_cpu_amp_trains(tiny_processed, tmp_path):
         tiny_processed, tmp_path, **{"training#epochs": 1, "device#mixed_precision": True, "device#force_cpu_amp": True}
     )
     assert wf.parser.get_parsed_content("device#cpu_autocast") is True
+    assert wf.parser.get_parsed_content("device#autocast_dtype") is torch.bfloat16  # not train.yaml's float16
     wf.run()
     trainer = wf.parser.get_parsed_content("train#trainer")
     wf.finalize()
@@ -152,3 +153,13 @@ def test_cpu_has_native_bf16_reads_the_cpu_capabilities(monkeypatch, caps, expec
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert cpu_has_native_bf16() is expected
+
+
+def test_autocast_dtype_is_the_configured_one_on_cuda_and_bf16_on_cpu():
+    from pivot_monai.engines.runtime import autocast_dtype
+
+    assert autocast_dtype(torch.device("cuda", 0), "float16") is torch.float16
+    assert autocast_dtype(torch.device("cuda", 0), "bf16") is torch.bfloat16
+    assert autocast_dtype(torch.device("cpu"), "float16") is torch.bfloat16
+    with pytest.raises(ValueError, match="device.amp_dtype"):
+        autocast_dtype(torch.device("cpu"), "float8")
