@@ -42,6 +42,7 @@ from benchmarks.common import (
     alternate,
     ensure_raw_dataset,
     format_table,
+    froc_on_raw,
     load_profile,
     median,
     resolve_checkpoint,
@@ -146,14 +147,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _froc(candidates: Mapping[str, Any], raw_dir: Path) -> Any:
-    from pivot_monai.data.raw_dataset import discover_raw_dataset
-    from pivot_monai.metrics import compute_froc
-
-    raw = discover_raw_dataset(raw_dir)
-    return compute_froc(dict(candidates), raw.annotations, list(candidates), raw.excluded)
-
-
 def _profile(name: str, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """Inference and training arms of one profile; returns its rows and raw results."""
     config = PROFILES[name]
@@ -187,7 +180,7 @@ def _profile(name: str, args: argparse.Namespace) -> tuple[list[Row], dict[str, 
     if args.device == "cuda":
         rows.append(Row(NAME, f"inference peak GPU MB, AMP on vs off [{tag}]", max(r["gpu_peak_mb"] for r in on),
                         max(r["gpu_peak_mb"] for r in off)))  # fmt: skip
-    froc = {arm: _froc(runs[arm][0]["candidates"], raw_dir) for arm in runs}
+    froc = {arm: froc_on_raw(runs[arm][0]["candidates"], raw_dir) for arm in runs}
     cpm = "CPM" if trained else "CPM [random weights]"
     rows.append(Row(NAME, f"inference {cpm}, AMP on vs off [{tag}]", froc["amp_on"].cpm, froc["amp_off"].cpm))
     details: dict[str, Any] = {

@@ -47,6 +47,7 @@ from benchmarks.common import (
     alternate,
     ensure_raw_dataset,
     format_table,
+    froc_on_raw,
     load_profile,
     median,
     resolve_checkpoint,
@@ -65,12 +66,13 @@ TARGET_SECONDS, TARGET_RSS_MB, TARGET_SPEEDUP = 30.0, 4096.0, 5.0
 
 
 def _host_runtime(sections: Mapping[str, Any], reuse_memory: bool | None) -> None:
-    """The host setting ``pivot infer`` applies from the ``device`` section (``None``: follow the config)."""
-    from pivot_monai.engines.runtime import reuse_freed_memory
+    """The host setting ``pivot infer`` applies from the ``device`` section, or ``reuse_memory`` when given."""
+    from pivot_monai.engines.runtime import apply_host_settings, reuse_freed_memory
 
     if reuse_memory is None:
-        reuse_memory = bool(sections.get("device", {}).get("reuse_freed_memory", True))
-    reuse_freed_memory(reuse_memory)
+        apply_host_settings(sections.get("device"))
+    else:
+        reuse_freed_memory(reuse_memory)
 
 
 def pivot_case(
@@ -112,8 +114,7 @@ def pivot_case(
     seconds = (time.perf_counter() - start) / len(scans)
     uid = report["ok"][0]
     cands = read_submission_csv(Path(out_dir) / CANDIDATES_NAME).get(uid) or ScanCandidates(np.zeros((0, 3)), [])
-    autocast = report["settings"]["autocast"]
-    return {"seconds": seconds, "stages": report["seconds"][uid], "uid": uid, "candidates": cands, "autocast": autocast}
+    return {"seconds": seconds, "stages": report["seconds"][uid], "uid": uid, "candidates": cands}
 
 
 def baseline_case(
@@ -215,12 +216,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def _froc(results: Mapping[str, Sequence[CaseResult]], raw_dir: Path, uids: Sequence[str]) -> Any:
-    from pivot_monai.data.raw_dataset import discover_raw_dataset
-    from pivot_monai.metrics import compute_froc
-
-    raw = discover_raw_dataset(raw_dir)
-    cands = {u: results[u][0].value["candidates"] for u in uids}
-    return compute_froc(cands, raw.annotations, list(uids), raw.excluded)
+    return froc_on_raw({u: results[u][0].value["candidates"] for u in uids}, raw_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:

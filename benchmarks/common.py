@@ -42,6 +42,7 @@ __all__ = [
     "alternate",
     "ensure_raw_dataset",
     "format_table",
+    "froc_on_raw",
     "load_profile",
     "machine_info",
     "median",
@@ -417,6 +418,15 @@ def ensure_training_split(
     processed = WORK_DIR / f"processed_{raw.name}_{Path(config).stem}_{spacing}mm"
     preprocess_dataset(raw, processed, PreprocessConfig.from_data_section(data), workers=2)
     return processed, create_splits(processed, 0.7, 0.15, 0.15, seed=seed)
+
+
+def froc_on_raw(candidates: Mapping[str, Any], raw_dir: Path) -> Any:
+    """FROC of ``{seriesuid: ScanCandidates}`` against the annotations of the raw dataset at ``raw_dir``."""
+    from pivot_monai.data.raw_dataset import discover_raw_dataset
+    from pivot_monai.metrics import compute_froc
+
+    raw = discover_raw_dataset(raw_dir)
+    return compute_froc(dict(candidates), raw.annotations, list(candidates), raw.excluded)
 
 
 def load_profile(config: str | Path | None, overrides: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -12,6 +12,7 @@ __all__ = [
     "DEVICE_TYPES",
     "AutocastInferer",
     "amp_dtype",
+    "apply_host_settings",
     "autocast_dtype",
     "cpu_has_native_bf16",
     "memory_format",
@@ -116,6 +117,16 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
         logger.debug("device.reuse_freed_memory: mallopt unavailable (%s)", err)
         return False
     return bool(ok)
+
+
+def apply_host_settings(device_cfg: Mapping[str, Any] | None) -> bool:
+    """The ``device`` section's process-wide host settings, for entry points outside the bundle (``pivot infer``,
+    ``pivot evaluate``; in the bundle :func:`select_device` applies them): ``reuse_freed_memory`` (default on).
+
+    Returns:
+        Whether :func:`reuse_freed_memory` was applied.
+    """
+    return reuse_freed_memory(bool(dict(device_cfg or {}).get("reuse_freed_memory", True)))
 
 
 def cpu_has_native_bf16() -> bool:

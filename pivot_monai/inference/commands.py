@@ -53,13 +53,6 @@ def _auto_device(value: str) -> Any:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _host_runtime(device: dict[str, Any]) -> None:
-    """Apply the ``device`` section's host settings that ``pivot infer`` / ``pivot evaluate`` honour."""
-    from pivot_monai.engines.runtime import reuse_freed_memory
-
-    reuse_freed_memory(bool(device.get("reuse_freed_memory", True)))
-
-
 def _guarded(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     try:
         return fn(args)
@@ -86,8 +79,8 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--amp",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="mixed precision (autocast in device.amp_dtype); default: device.mixed_precision of the config on CUDA "
-        "(on), off on CPU unless device.force_cpu_amp",
+        help="mixed precision (autocast: device.amp_dtype on CUDA, bfloat16 on CPU); default: "
+        "device.mixed_precision of the config on CUDA (on), off on CPU unless device.force_cpu_amp",
     )
 
 
@@ -132,10 +125,11 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _infer(args: argparse.Namespace) -> int:
+    from pivot_monai.engines.runtime import apply_host_settings
     from pivot_monai.inference.pipeline import REPORT_NAME, infer_scans
 
     cfg = config_sections(args.config)
-    _host_runtime(cfg["device"])
+    apply_host_settings(cfg["device"])
     report = infer_scans(
         [str(p) for p in args.input],
         args.output,
@@ -194,10 +188,11 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from pivot_monai.engines.runtime import apply_host_settings
     from pivot_monai.inference.evaluate import evaluate
 
     cfg = config_sections(args.config)
-    _host_runtime(cfg["device"])
+    apply_host_settings(cfg["device"])
     metrics = evaluate(
         args.checkpoint,
         args.data_dir,

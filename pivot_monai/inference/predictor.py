@@ -227,8 +227,9 @@ def inference_autocast(
     * CUDA: autocast in ``device.amp_dtype`` (float16 by default);
     * CPU: only with ``device.force_cpu_amp``. Otherwise float32 on every CPU, so results do not depend on the host.
 
-    ``amp`` (``--amp`` / ``--no-amp``) overrides this. On a CPU the dtype is always bfloat16: float16 autocast ran
-    the demo network slower than float32 (0.33 vs 0.24 s per lung box). bf16 pays on CPUs that compute it natively
+    ``amp`` (``--amp`` / ``--no-amp``) overrides this. On a CPU the dtype is always bfloat16
+    (:func:`~pivot_monai.engines.runtime.autocast_dtype`): float16 autocast ran the demo network slower than float32
+    (0.33 vs 0.24 s per lung box). bf16 pays on CPUs that compute it natively
     (AMX or AVX512-BF16, :func:`~pivot_monai.engines.runtime.cpu_has_native_bf16`): measured on such a VM, the demo
     network ran 2.3x faster with the same held-out CPM (0.887) and size MAE 1.34 vs 1.35 mm; elsewhere it is
     emulated and slower, and ``--amp`` warns.
@@ -242,24 +243,18 @@ def inference_autocast(
     Returns:
         (enabled, dtype).
     """
-    from pivot_monai.engines.runtime import amp_dtype, use_amp, use_cpu_autocast
+    from pivot_monai.engines.runtime import autocast_dtype, cpu_has_native_bf16, use_amp, use_cpu_autocast
 
     cfg = dict(device_cfg or {})
-    dtype = amp_dtype(cfg.get("amp_dtype", "float16"))
-    mixed, force = bool(cfg.get("mixed_precision", False)), bool(cfg.get("force_cpu_amp", False))
-    if device.type != "cpu":
-        return (use_amp(device, mixed, force) if amp is None else bool(amp)), dtype
-    if amp is not None:
-        if amp and not _native(native_bf16):
-            logger.warning("--amp on a CPU without native bfloat16 (AMX/AVX512-BF16): bf16 is emulated and slow")
-        return bool(amp), torch.bfloat16
-    return use_cpu_autocast(device, mixed, force), torch.bfloat16
-
-
-def _native(native_bf16: bool | None) -> bool:
-    from pivot_monai.engines.runtime import cpu_has_native_bf16
-
-    return cpu_has_native_bf16() if native_bf16 is None else bool(native_bf16)
+    dtype = autocast_dtype(device, cfg.get("amp_dtype", "float16"))
+    if amp is None:
+        mixed, force = bool(cfg.get("mixed_precision", False)), bool(cfg.get("force_cpu_amp", False))
+        on_cpu = device.type == "cpu"
+        return (use_cpu_autocast(device, mixed, force) if on_cpu else use_amp(device, mixed, force)), dtype
+    native = cpu_has_native_bf16() if native_bf16 is None else bool(native_bf16)
+    if amp and device.type == "cpu" and not native:
+        logger.warning("--amp on a CPU without native bfloat16 (AMX/AVX512-BF16): bf16 is emulated and slow")
+    return bool(amp), dtype
 
 
 class Predictor:
