@@ -129,7 +129,7 @@ def baseline_case(
     if reuse_memory:
         _host_runtime(sections, True)
     start = time.perf_counter()
-    net = load_model(checkpoint, sections["model"])
+    net = load_model(checkpoint, sections["model"], fuse_norm=False)  # plain: the trained modules as they are
     out = _baseline_scan(net, scan, uid, out_dir, sections)
     return {**out, "seconds": time.perf_counter() - start}
 
@@ -141,7 +141,7 @@ def baseline_folder_case(
     from pivot_monai.inference.predictor import load_model
 
     start = time.perf_counter()
-    net = load_model(checkpoint, sections["model"])
+    net = load_model(checkpoint, sections["model"], fuse_norm=False)  # plain: the trained modules as they are
     outs = [
         _baseline_scan(net, scan, Path(scan).stem, str(Path(out_dir) / Path(scan).stem), sections) for scan in scans
     ]

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 
 from pivot_monai.inference.tta import IDENTITY, TTASettings, augment, invert
+from pivot_monai.networks.cpu_inference import OneDNNConvolutions
 
 __all__ = ["FittedWindowInferer", "TTAInferer", "fit_roi"]
 
@@ -198,8 +199,15 @@ class FittedWindowInferer(Inferer):
 
         The input is zero-padded at the far end to at least the window and to a multiple of ``stride`` (MONAI would
         pad a small input at both ends, which shifts maps of a network with an output stride > 1 by a fraction of a
-        voxel), and the outputs are cropped back to ``ceil(size / stride)``.
+        voxel), and the outputs are cropped back to ``ceil(size / stride)``. On the CPU the network's convolutions run
+        on oneDNN whatever the window's batch (:class:`~pivot_monai.networks.cpu_inference.OneDNNConvolutions`).
         """
+        if inputs.device.type == "cpu":
+            with OneDNNConvolutions():
+                return self._infer(inputs, network, *args, **kwargs)
+        return self._infer(inputs, network, *args, **kwargs)
+
+    def _infer(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         size = tuple(int(n) for n in inputs.shape[2:])
         roi = self.window(size)
         inferer = SlidingWindowInferer(roi_size=roi, **self.settings)  # cheap: it holds settings only

@@ -29,6 +29,7 @@ from monai.utils import optional_import
 from pivot_monai.inference.inferers import FittedWindowInferer, TTAInferer
 from pivot_monai.inference.tta import TTASettings
 from pivot_monai.networks import OUTPUT_KEYS, build_network
+from pivot_monai.networks.cpu_inference import fuse_batch_norm
 
 __all__ = [
     "OnnxModel",
@@ -160,6 +161,7 @@ def load_model(
     device: str | torch.device | None = None,
     network: nn.Module | None = None,
     channels_last: bool = True,
+    fuse_norm: bool = True,
 ) -> Callable[[torch.Tensor], Any]:
     """A callable detector from a checkpoint, TorchScript or ONNX file (by suffix), or a module as is.
 
@@ -171,6 +173,9 @@ def load_model(
         channels_last: put a checkpoint-built or TorchScript network in ``channels_last_3d`` memory format
             (``device.channels_last``; 1.3-1.9x faster 3D convolutions on the CPUs measured in ``benchmarks/``).
             Default True.
+        fuse_norm: fold each batch norm of a checkpoint-built network into the convolution before it
+            (:func:`~pivot_monai.networks.cpu_inference.fuse_batch_norm`; the same outputs to about 1e-6, one pass
+            less per activation). Default True.
 
     Returns:
         The model in eval mode on ``device``; called on a (B, 1, X, Y, Z) tensor it returns the dict (or tuple) of
@@ -200,6 +205,8 @@ def load_model(
             raise ValueError(f"{path}: not a TorchScript archive ({str(err).splitlines()[0][:200]})") from err
     net = network if network is not None else build_network(model_cfg)
     net = load_checkpoint(net, path).to(dev)
+    if fuse_norm:
+        fuse_batch_norm(net)
     return net.to(memory_format=torch.channels_last_3d) if channels_last else net
 
 
