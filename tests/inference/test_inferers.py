@@ -157,3 +157,18 @@ def test_fitted_window_inferer_checks_max_roi():
         FittedWindowInferer((16, 16, 16), max_roi=(8, 8, 8), multiple=8)
     with pytest.raises(ValueError, match=r"divisible by 16"):
         FittedWindowInferer((16, 16, 16), max_roi=(40, 40, 40), multiple=16)
+
+
+def test_predictor_takes_the_detectors_stated_stride_without_a_measuring_forward():
+    from pivot_monai.networks import PivotDetector
+
+    net = PivotDetector(base_filters=4, depth=3, output_stride=2).eval()
+    shapes: list[tuple[int, ...]] = []
+    net.register_forward_pre_hook(lambda _m, args: shapes.append(tuple(args[0].shape)))
+    predictor = Predictor(net, (16, 16, 16), max_roi=(64, 64, 64), multiple=8)
+    assert predictor.stride() == 2 and shapes == []
+    out = predictor(torch.rand(1, 1, 40, 24, 32))
+    assert shapes == [(1, 1, 40, 24, 32)] and tuple(out["heatmap"].shape) == (1, 1, 20, 12, 16)
+    # a network that does not state it is measured once on a zero patch
+    plain = Predictor(lambda x: {**_pool(x), "malignancy": _pool(x)["heatmap"]}, (16, 16, 16))
+    assert plain.output_stride is None and plain.stride() == 2
