@@ -18,6 +18,10 @@ Usage::
     python -m benchmarks.bench_quality [--checkpoint bundle/models/model.pt] [--scans 60]
     python -m benchmarks.bench_quality --train-profile demo
     python -m benchmarks.bench_quality --quick       # 2 small scans at 4 mm, 32^3 windows, no bootstrap
+    python -m benchmarks.bench_quality --size fullsize --scans 20 --seed 1001 --antialias gaussian
+
+The small scans (2.0-2.6 mm) are never downsampled to the demo's 2 mm, so ``data.antialias`` matters on fullsize
+scans only (0.6-1.0 mm in-plane).
 """
 
 from __future__ import annotations
@@ -116,17 +120,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1000, help="test-set seed (>= 1000: never trained on)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs (0 disables)")
     p.add_argument("--threshold", type=float, default=0.5, help="operating probability of the per-nodule metrics")
+    p.add_argument(
+        "--antialias", choices=("area", "gaussian"), default=None, help="data.antialias for the test scans (fullsize)"
+    )
     return p.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
-    """Run the benchmark, write ``benchmarks/results/quality.json`` (``quality_<profile>.json`` after
-    ``--train-profile``) and return the table rows."""
+    """Run the benchmark, write ``benchmarks/results/quality.json`` (``quality_<profile>_<size>_<antialias>.json``
+    after ``--train-profile``, ``--size fullsize`` or ``--antialias``) and return the table rows."""
     from pivot_monai.inference.evaluate import evaluate
 
     args = parse_args(argv)
     scans, size, bootstrap = (2, "small", 0) if args.quick else (args.scans, args.size, args.bootstrap)
-    sections = load_profile(args.config, QUICK_OVERRIDES if args.quick else None)
+    overrides = {
+        **(QUICK_OVERRIDES if args.quick else {}),
+        **({"data#antialias": args.antialias} if args.antialias else {}),
+    }
+    sections = load_profile(args.config, overrides)
     train_seconds = None
     if args.train_profile != "none":
         checkpoint, train_seconds = train_profile(args.train_profile, args.config)
@@ -155,13 +166,16 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "trained": trained,
         "train_profile": args.train_profile,
         "config": str(args.config),
-        "overrides": QUICK_OVERRIDES if args.quick else {},
+        "overrides": overrides,
         "test_set": {"size": size, "scans": scans, "seed": args.seed, "dir": str(test_dir)},
         "bootstrap": bootstrap,
         "threshold": args.threshold,
     }
-    # a trained profile keeps its own file, so `make bench` (the demo model) does not overwrite it
-    write_results(NAME if args.train_profile == "none" else f"{NAME}_{args.train_profile}", rows, details, settings)
+    # a trained profile, another test-set size or an antialias override keeps its own file, so `make bench` (the demo
+    # model on small scans) does not overwrite it
+    parts = [args.train_profile if args.train_profile != "none" else "", size if size != "small" else ""]
+    suffix = "".join(f"_{p}" for p in (*parts, args.antialias or "") if p)
+    write_results(f"{NAME}{suffix}", rows, details, settings)
     return rows
 
 

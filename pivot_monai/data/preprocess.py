@@ -29,6 +29,7 @@ from pivot_monai.data.io import CTReadError, read_sitk, write_image
 from pivot_monai.data.lungs import lung_bounding_box, segment_lungs
 
 __all__ = [
+    "ANTIALIAS_MODES",
     "PreprocessConfig",
     "PreprocessedScan",
     "ScanError",
@@ -41,6 +42,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 _COARSE_MM = 4.0  # spacing of the throw-away copy used to find the lungs
+_MIN_RATIO = 1.5  # axes downsampled by more than this are low-passed first
+ANTIALIAS_MODES = ("area", "gaussian")
 
 
 class ScanError(ValueError):
@@ -57,6 +60,10 @@ class PreprocessConfig:
         lung_crop: crop to the lung bounding box. Default True.
         crop_margin_mm: margin around the lung box in mm. Default 10.
         malignancy_threshold: LIDC rating counted as malignant. Default 4.
+        antialias: the low-pass of axes downsampled more than 1.5x (``data.antialias``): ``"area"`` averages
+            ``round(ratio)`` voxels per output voxel (``BinShrink`` of the whole scan, in its stored type); ``"gaussian"``
+            blurs to ``sigma = spacing * sqrt(ratio**2 - 1) / 2`` (``BinShrink`` by the whole factor, then a recursive
+            Gaussian). Default ``"area"``.
     """
 
     target_spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)
@@ -64,6 +71,7 @@ class PreprocessConfig:
     lung_crop: bool = True
     crop_margin_mm: float = 10.0
     malignancy_threshold: float = DEFAULT_MALIGNANCY_THRESHOLD
+    antialias: str = "area"
 
     def __post_init__(self) -> None:
         self.target_spacing = tuple(float(v) for v in self.target_spacing)  # type: ignore[assignment]
@@ -74,6 +82,8 @@ class PreprocessConfig:
             raise ValueError(f"data.hu_window must be [low, high] with low < high, got {list(self.hu_window)}")
         if self.crop_margin_mm < 0:
             raise ValueError(f"data.lung_crop.margin_mm must be >= 0, got {self.crop_margin_mm}")
+        if self.antialias not in ANTIALIAS_MODES:
+            raise ValueError(f"data.antialias must be one of {list(ANTIALIAS_MODES)}, got {self.antialias!r}")
 
     @classmethod
     def from_data_section(cls, data: dict[str, Any] | None) -> PreprocessConfig:
@@ -91,6 +101,8 @@ class PreprocessConfig:
             kwargs["crop_margin_mm"] = float(crop["margin_mm"])
         if "malignancy_threshold" in data:
             kwargs["malignancy_threshold"] = float(data["malignancy_threshold"])
+        if "antialias" in data:
+            kwargs["antialias"] = str(data["antialias"])
         return cls(**kwargs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -122,8 +134,17 @@ def crop_box(
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
+    source: sitk.Image | None = None,
 ) -> tuple[Geometry, tuple[int, int, int], bool]:
     """Target-spacing grid of the lung box (plus margin), also covering any ``must_include_world`` points.
+
+    Args:
+        raw: the scan; the full target grid is ``raw``'s extent resampled to ``cfg.target_spacing``.
+        cfg: preprocessing settings.
+        must_include_world: (N, 3) world points the crop must contain.
+        must_include_radius_mm: (N,) radius around each of those points.
+        source: the image the ~4 mm lung-finding copy is shrunk from: a downsampled copy of ``raw`` in the same
+            world frame (cheaper to shrink). Default ``raw``.
 
     Returns:
         (geometry of the cropped target grid, crop start in the full resampled grid, whether lungs were found).
@@ -133,8 +154,9 @@ def crop_box(
     size = np.asarray(full.size)
     if not cfg.lung_crop:
         return full, (0, 0, 0), True
-    factors = [max(1, int(round(_COARSE_MM / s))) for s in raw_geom.spacing]
-    coarse = sitk.BinShrink(raw, factors)
+    source = raw if source is None else source
+    factors = [max(1, int(round(_COARSE_MM / s))) for s in source.GetSpacing()]
+    coarse = sitk.BinShrink(source, factors)
     coarse_geom = Geometry.from_sitk(coarse)
     mask = segment_lungs(sitk.GetArrayViewFromImage(coarse).transpose(2, 1, 0), coarse_geom.spacing)
     box = lung_bounding_box(mask)
@@ -173,11 +195,55 @@ def _antialias_sigmas(spacing: np.ndarray, target_spacing: np.ndarray) -> np.nda
     """
     spacing = np.asarray(spacing, float)
     ratio = np.asarray(target_spacing, float) / spacing
-    return np.where(ratio > 1.5, spacing * np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0)) / 2.0, 0.0)
+    return np.where(ratio > _MIN_RATIO, spacing * np.sqrt(np.maximum(ratio * ratio - 1.0, 0.0)) / 2.0, 0.0)
+
+
+def area_factors(spacing: np.ndarray, target_spacing: np.ndarray, size: np.ndarray | None = None) -> np.ndarray:
+    """Voxels averaged per axis by the ``"area"`` low-pass: ``round(target / spacing)`` where that ratio exceeds 1.5.
+
+    Each average then spans about one target voxel (a box filter of the target's width, as image libraries'
+    "area" downsampling); ``size`` caps the factor at half the axis.
+
+    Example:
+        >>> area_factors(np.array([0.7, 0.7, 1.25]), np.array([2.0, 2.0, 2.0])).tolist()
+        [3, 3, 2]
+    """
+    ratio = np.asarray(target_spacing, float) / np.asarray(spacing, float)
+    factors = np.where(ratio > _MIN_RATIO, np.round(ratio), 1.0)
+    if size is not None:
+        factors = np.minimum(factors, np.maximum(np.asarray(size) // 2, 1))
+    return factors.clip(min=1).astype(int)
+
+
+def _area_shrink(raw: sitk.Image, target_spacing: tuple[float, float, float]) -> sitk.Image:
+    """The ``"area"`` low-pass: ``BinShrink`` of the whole scan by :func:`area_factors`, in its stored pixel type.
+
+    One pass over the full-resolution scan; the lung mask, the crop and the resampling all work on its output
+    (a 0.7 mm 512 x 512 scan going to 2 mm has 1/18 of the voxels after it). An integer scan stays integer, so the
+    averages are rounded to whole HU. ``BinShrink`` puts each output voxel at the centre of its bin, so world positions
+    are unchanged (tested in ``tests/data/test_preprocess.py``).
+    """
+    factors = area_factors(np.asarray(raw.GetSpacing()), np.asarray(target_spacing), np.asarray(raw.GetSize()))
+    return sitk.BinShrink(raw, [int(f) for f in factors]) if np.any(factors > 1) else raw
+
+
+def _linear(image: sitk.Image, target: Geometry) -> sitk.Image:
+    """``image`` resampled (linear) onto ``target`` as float32; -1000 HU (air) outside it."""
+    return sitk.Resample(
+        image,
+        [int(v) for v in target.size],
+        sitk.Transform(),
+        sitk.sitkLinear,
+        [float(v) for v in target.origin],
+        [float(v) for v in target.spacing],
+        [float(v) for v in target.direction.reshape(-1)],
+        -1000.0,
+        sitk.sitkFloat32,
+    )
 
 
 def _resample(raw: sitk.Image, target: Geometry) -> sitk.Image:
-    """Resample ``raw`` onto ``target`` (linear), low-pass filtering first where it is downsampled (no aliasing).
+    """The ``"gaussian"`` path: resample ``raw`` onto ``target`` (linear), Gaussian low-pass first where it is downsampled.
 
     The low-pass is done in two steps: ``BinShrink`` by the whole factor ``f = floor(ratio)`` of each axis (a box
     average whose variance, ``spacing**2 (f**2 - 1) / 12``, is part of the blur), then a Gaussian with the remaining
@@ -201,17 +267,7 @@ def _resample(raw: sitk.Image, target: Geometry) -> sitk.Image:
             raw = sitk.RecursiveGaussian(
                 raw, float(residual[axis]), False, sitk.RecursiveGaussianImageFilter.ZeroOrder, int(axis)
             )
-    return sitk.Resample(
-        raw,
-        [int(v) for v in target.size],
-        sitk.Transform(),
-        sitk.sitkLinear,
-        [float(v) for v in target.origin],
-        [float(v) for v in target.spacing],
-        [float(v) for v in target.direction.reshape(-1)],
-        -1000.0,
-        sitk.sitkFloat32,
-    )
+    return _linear(raw, target)
 
 
 def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 6) -> sitk.Image:
@@ -243,8 +299,9 @@ def preprocess_image(
     Args:
         raw: the scan in HU as read by :func:`pivot_monai.data.io.read_sitk`, float32 or its stored integer type
             (``as_float=False``). The lung mask is found on a ``BinShrink`` copy in that type (an integer type
-            rounds the 4 mm averages to whole HU); only the region that is resampled is cast to float32, so both
-            give the same image.
+            rounds the 4 mm averages to whole HU). With ``antialias="gaussian"`` only the region that is resampled
+            is cast to float32, so both give the same image; with ``"area"`` the whole-scan average is taken in the
+            stored type too, so an integer scan differs from its float32 copy by at most 0.5 HU before windowing.
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain (annotated nodules).
         must_include_radius_mm: (N,) radius around each of those points.
@@ -252,11 +309,13 @@ def preprocess_image(
     Returns:
         The processed image with its geometry in the raw scan's world frame.
     """
-    target, start, found = crop_box(raw, cfg, must_include_world, must_include_radius_mm)
-    roi = _raw_roi(raw, target)
+    area = cfg.antialias == "area"
+    source = _area_shrink(raw, cfg.target_spacing) if area else raw
+    target, start, found = crop_box(raw, cfg, must_include_world, must_include_radius_mm, source=source)
+    roi = _raw_roi(source, target, pad_vox=2 if area else 6)
     if roi.GetPixelID() != sitk.sitkFloat32:
         roi = sitk.Cast(roi, sitk.sitkFloat32)
-    resampled = _resample(roi, target)
+    resampled = _linear(roi, target) if area else _resample(roi, target)
     hu = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
     lo, hi = cfg.hu_window
     image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)

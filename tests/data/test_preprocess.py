@@ -183,9 +183,48 @@ def test_shrink_then_smooth_resampling_keeps_world_positions_and_matches_one_gau
 
 
 @pytest.mark.parametrize("direction", ["identity", "flip", "oblique"])
-def test_integer_and_float_scans_preprocess_to_the_same_image(direction, rng):
-    # inference reads the stored int16 and casts only the resampled lung region: same crop, same voxels. A 0.7 mm
-    # in-plane scan going to 2 mm takes the BinShrink + Gaussian path, which would round in int16
+def test_area_antialias_averages_whole_bins_and_keeps_world_positions(direction):
+    # a 0.7 x 0.7 x 1.25 mm scan going to 2 mm: BinShrink of the whole scan by round(ratio) = (3, 3, 2), then linear
+    import SimpleITK as sitk
+
+    from pivot_monai.data.preprocess import _area_shrink, _linear, area_factors
+
+    rot = {"identity": np.eye(3), "flip": FLIP_Z, "oblique": oblique_direction(12.0)}[direction]
+    raw_geom = Geometry((-61.3, 40.2, -95.0), (0.7, 0.7, 1.25), rot, (160, 150, 70))
+    assert area_factors(raw_geom.spacing, np.array([2.0, 2.0, 2.0])).tolist() == [3, 3, 2]
+    centre_world = raw_geom.index_to_world(np.array([83.3, 71.6, 33.4]))
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in raw_geom.size], indexing="ij"), -1).reshape(-1, 3)
+    dist = np.linalg.norm(raw_geom.index_to_world(ijk.astype(float)) - centre_world, axis=1)
+    hu = np.where(dist <= 4.0, 100.0, -900.0).reshape(raw_geom.size).astype(np.int16)
+    raw = raw_geom.apply_to_sitk(sitk.GetImageFromArray(hu.transpose(2, 1, 0)))
+    shrunk = _area_shrink(raw, (2.0, 2.0, 2.0))
+    assert shrunk.GetSize() == (53, 50, 35) and shrunk.GetPixelID() == sitk.sitkInt16
+    # each output voxel is the (rounded) mean of its 3 x 3 x 2 bin
+    bins = hu[:159, :150, :70].reshape(53, 3, 50, 3, 35, 2).mean(axis=(1, 3, 5))
+    np.testing.assert_allclose(sitk.GetArrayFromImage(shrunk).transpose(2, 1, 0), bins, atol=0.5)
+    target = raw_geom.resampled((2.0, 2.0, 2.0)).crop((6, 6, 4), (50, 46, 40))
+    out = sitk.GetArrayFromImage(_linear(shrunk, target)).transpose(2, 1, 0)
+    weight = np.clip(out + 900.0, 0, None)
+    t_ijk = np.stack(np.meshgrid(*[np.arange(n) for n in out.shape], indexing="ij"), -1).reshape(-1, 3)
+    centroid = (t_ijk * weight.reshape(-1, 1)).sum(0) / weight.sum()
+    np.testing.assert_allclose(target.index_to_world(centroid), centre_world, atol=0.15)
+    # the sphere's excess HU over the background, integrated over the volume, is kept (no energy lost or gained)
+    excess = (hu.astype(float) + 900.0).sum() * np.prod(raw_geom.spacing)
+    np.testing.assert_allclose(weight.sum() * np.prod(target.spacing), excess, rtol=0.05)
+
+
+def test_antialias_is_read_from_the_data_section_and_checked():
+    assert PreprocessConfig().antialias == "area"
+    assert PreprocessConfig.from_data_section({"antialias": "gaussian"}).antialias == "gaussian"
+    with pytest.raises(ValueError, match=r"data.antialias must be one of \['area', 'gaussian'\], got 'box'"):
+        PreprocessConfig.from_data_section({"antialias": "box"})
+
+
+@pytest.mark.parametrize("antialias", ["area", "gaussian"])
+@pytest.mark.parametrize("direction", ["identity", "flip", "oblique"])
+def test_integer_and_float_scans_preprocess_to_the_same_image(direction, antialias, rng):
+    # inference reads the stored int16. The gaussian path casts only the resampled lung region: the same voxels. The
+    # area path averages the whole scan in int16 first: the same crop, voxels within the 0.5 HU of that rounding
     import SimpleITK as sitk
 
     from pivot_monai.data.preprocess import preprocess_image
@@ -195,11 +234,15 @@ def test_integer_and_float_scans_preprocess_to_the_same_image(direction, rng):
     geom = Geometry((-51.3, 20.2, -95.0), (0.7, 0.7, 1.25), rot, (150, 130, 60))
     hu = _make_phantom(geom, _nodule_in_left_lung(geom), 8.0, rng)
     raw = geom.apply_to_sitk(sitk.GetImageFromArray(hu.transpose(2, 1, 0)))
-    cfg = PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), crop_margin_mm=6.0)
+    cfg = PreprocessConfig(target_spacing=(2.0, 2.0, 2.0), crop_margin_mm=6.0, antialias=antialias)
     native = preprocess_image(raw, cfg)
     as_float = preprocess_image(sitk.Cast(raw, sitk.sitkFloat32), cfg)
     assert raw.GetPixelID() == sitk.sitkInt16 and native.lung_found
     assert native.crop_start == as_float.crop_start and native.geometry.size == as_float.geometry.size
     np.testing.assert_allclose(native.geometry.origin, as_float.geometry.origin)
-    np.testing.assert_array_equal(native.image, as_float.image)
+    if antialias == "gaussian":
+        np.testing.assert_array_equal(native.image, as_float.image)
+    else:
+        width = cfg.hu_window[1] - cfg.hu_window[0]
+        np.testing.assert_allclose(native.image, as_float.image, rtol=0, atol=0.5 / width + 1e-6)
     assert native.image.dtype == np.float32
