@@ -18,7 +18,7 @@ Usage::
     python -m benchmarks.bench_quality [--checkpoint bundle/models/model.pt] [--scans 60]
     python -m benchmarks.bench_quality --train-profile demo
     python -m benchmarks.bench_quality --quick       # 2 small scans at 4 mm, 32^3 windows, no bootstrap
-    python -m benchmarks.bench_quality --size fullsize --scans 20 --seed 1001 --antialias gaussian
+    python -m benchmarks.bench_quality --size fullsize --scans 20 --seed 1001 --antialias area
 
 The small scans (2.0-2.6 mm) are never downsampled to the demo's 2 mm, so ``data.antialias`` matters on fullsize
 scans only (0.6-1.0 mm in-plane).
