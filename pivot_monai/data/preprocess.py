@@ -249,7 +249,7 @@ def _smooth_residual(image: sitk.Image, variance: np.ndarray) -> sitk.Image:
 
     if not np.any(np.asarray(variance) > 1e-6):
         return image
-    array = sitk.GetArrayFromImage(image)  # (z, y, x)
+    array = sitk.GetArrayViewFromImage(image)  # (z, y, x), read only: correlate1d writes new arrays
     for axis, v in enumerate(np.asarray(variance, float)):
         if v > 1e-6:
             array = ndimage.correlate1d(array, [v / 2.0, 1.0 - v, v / 2.0], axis=2 - axis, mode="nearest")
@@ -323,7 +323,7 @@ def preprocess_image(
     if cfg.antialias == "gaussian":
         roi = _smooth_residual(roi, residual_variance(spacing, target_spacing, factors))
     resampled = _linear(roi, target)
-    hu = sitk.GetArrayFromImage(resampled).transpose(2, 1, 0)
+    hu = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)  # read only, `resampled` outlives it
     lo, hi = cfg.hu_window
     image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
     return PreprocessedScan(np.ascontiguousarray(image), target, Geometry.from_sitk(raw), start, found)

@@ -66,7 +66,8 @@ class ScanPrediction:
         geometry: geometry of the processed image (raw scan's world frame).
         maps: network maps, each (1, 1, X/s, Y/s, Z/s) on the CPU.
         stride: output stride ``s`` of the maps.
-        raw: the raw scan in HU, in its stored pixel type (int16 for LUNA16).
+        raw: the raw scan in HU, in its stored pixel type (int16 for LUNA16); ``None`` unless kept (see
+            :meth:`InferencePipeline.predict`).
         seconds: timing per stage.
     """
 
@@ -156,20 +157,30 @@ class InferencePipeline:
         self.decode = DecodeSettings.from_config(inference)
         self.save_heatmap, self.save_previews, self.num_previews = save_heatmap, save_previews, int(num_previews)
 
-    def predict(self, path: str | Path, seriesuid: str | None = None) -> ScanPrediction:
+    def predict(self, path: str | Path, seriesuid: str | None = None, keep_raw: bool | None = None) -> ScanPrediction:
         """Candidates of one scan.
+
+        Args:
+            path: the scan file or DICOM folder.
+            seriesuid: its id. Default: from the path.
+            keep_raw: keep the raw scan in :attr:`ScanPrediction.raw`. Default: when heatmaps or previews are
+                written. Otherwise it is released before the network runs, so the network's activations reuse its
+                memory (a fullsize scan is 0.13 GB that a fresh process would fault in again).
 
         Raises:
             CTReadError: the scan cannot be read as CT (the message names the file).
         """
         path = Path(path)
         uid = seriesuid or seriesuid_from_path(path)
+        keep = (self.save_heatmap or self.save_previews) if keep_raw is None else bool(keep_raw)
         t = [time.perf_counter()]
-        raw = read_sitk(path, as_float=False)  # stored type (int16): preprocess_image casts the lung region
+        raw: sitk.Image | None = read_sitk(path, as_float=False)  # stored type (int16), as preprocess_image takes it
         t.append(time.perf_counter())
         scan = preprocess_image(raw, self.preprocess)
         if not scan.lung_found:
             logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
+        if not keep:
+            raw = None
         t.append(time.perf_counter())
         maps = self.predictor(torch.from_numpy(scan.image)[None, None])
         s = self.predictor.stride()

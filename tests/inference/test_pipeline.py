@@ -160,6 +160,22 @@ def test_previews_are_written_for_the_top_candidates(make_raw_dataset, oracle, t
     assert files[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_raw_scan_is_kept_only_when_an_output_needs_it(make_raw_dataset, oracle):
+    from pivot_monai.inference.pipeline import InferencePipeline
+    from pivot_monai.inference.predictor import Predictor
+
+    root, truth = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
+    (uid,) = truth
+    path = root / "subset0" / f"{uid}.mhd"
+    predictor = Predictor(oracle, TINY_DATA["patch_size"])
+    plain = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    assert plain.raw is None and len(plain.candidates) > 0  # released before the network: its memory is reused
+    kept = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE, save_heatmap=True).predict(path)
+    assert isinstance(kept.raw, sitk.Image) and kept.raw.GetSize() == read_sitk(path).GetSize()
+    assert InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path, keep_raw=True).raw is not None
+    np.testing.assert_allclose(kept.candidates.world, plain.candidates.world)
+
+
 def test_scan_datalist_expands_folders_and_skips_duplicate_uids(make_raw_dataset):
     root, truth = make_raw_dataset(dict(list(tricky_geometries().items())[:2]))
     items = scan_datalist([root, root / "subset0" / f"{next(iter(truth))}.mhd"])
