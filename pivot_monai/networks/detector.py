@@ -156,6 +156,7 @@ class PivotDetector(nn.Module):
         self.spatial_dims = spatial_dims
         self.depth = depth
         self.output_stride = output_stride
+        self.head_level = head_level
         self.size_divisor = 2**depth
         self.diameter_scale_mm = float(diameter_scale_mm)
         self.features = tuple(features)
@@ -198,12 +199,15 @@ class PivotDetector(nn.Module):
                 ``2 ** depth``.
         """
         self._check_input(x)
+        # only levels the decoder climbs back to are kept: at output_stride 2 the full-resolution features (the
+        # largest maps) are freed once the next level is computed, so later levels reuse their memory
         skips: list[torch.Tensor] = []
-        for block in self.encoder:
+        for level, block in enumerate(self.encoder):
             x = block(x)
-            skips.append(x)
+            if level >= self.head_level:
+                skips.append(x)
         for i, block in enumerate(self.decoder):
-            x = block(x, skips[self.depth - i - 1])
+            x = block(x, skips[self.depth - i - 1 - self.head_level])
 
         heatmap = self.heatmap_head(x)
         diameter = self.diameter_scale_mm * F.softplus(self.diameter_head(x))
