@@ -37,6 +37,8 @@ __all__ = [
     "nodule_label_volume",
     "preprocess_image",
     "preprocess_scan",
+    "residual_variance",
+    "shrink_factors",
 ]
 
 logger = logging.getLogger(__name__)
@@ -219,7 +221,8 @@ def residual_variance(spacing: np.ndarray, target_spacing: np.ndarray, factors: 
     """Blur variance per axis, in voxels**2 of the shrunk grid, that the ``"gaussian"`` low-pass adds after the box.
 
     A box of ``f`` voxels has variance ``spacing**2 (f**2 - 1) / 12``; the rest of ``sigma**2``
-    (:func:`_antialias_sigmas`) is left. With ``f = round(ratio)`` it never exceeds 0.27 voxels**2.
+    (:func:`_antialias_sigmas`) is left. With ``f = round(ratio)`` it never exceeds 0.27 voxels**2 (more only where
+    :func:`shrink_factors` capped ``f`` on an axis of a few voxels).
     """
     spacing = np.asarray(spacing, float)
     factors = np.asarray(factors, float)
@@ -251,7 +254,9 @@ def _smooth_residual(image: sitk.Image, variance: np.ndarray) -> sitk.Image:
         return image
     array = sitk.GetArrayViewFromImage(image)  # (z, y, x), read only: correlate1d writes new arrays
     for axis, v in enumerate(np.asarray(variance, float)):
-        if v > 1e-6:
+        if v > 2.0 / 3.0:  # only when shrink_factors was capped by a tiny axis: sigma > 0.8 voxel, sampling is fine
+            array = ndimage.gaussian_filter1d(array, float(np.sqrt(v)), axis=2 - axis, mode="nearest")
+        elif v > 1e-6:
             array = ndimage.correlate1d(array, [v / 2.0, 1.0 - v, v / 2.0], axis=2 - axis, mode="nearest")
     out = sitk.GetImageFromArray(array)
     out.CopyInformation(image)

@@ -215,6 +215,12 @@ def test_the_residual_kernel_has_exactly_the_missing_variance():
     for axis, v in enumerate(variance):
         profile = out.sum(axis=tuple(a for a in range(3) if a != 2 - axis))
         assert profile.sum() == pytest.approx(1.0) and (profile * offsets**2).sum() == pytest.approx(v)
+    # a capped factor on a tiny axis can leave more than a three-tap kernel can hold: a sampled Gaussian then
+    line = np.zeros((1, 1, 21), np.float32)
+    line[0, 0, 10] = 1.0
+    wide = sitk.GetArrayFromImage(_smooth_residual(sitk.GetImageFromArray(line), np.array([1.5, 0.0, 0.0])))[0, 0]
+    assert wide.sum() == pytest.approx(1.0, abs=1e-5)
+    assert (wide * (np.arange(21) - 10.0) ** 2).sum() == pytest.approx(1.5, rel=0.02)
     # no residual where the box already covers it, or where the axis is not downsampled
     assert residual_variance(np.array([1.5, 2.0, 2.5]), target, np.array([1, 1, 1])).tolist() == [0.0, 0.0, 0.0]
 
