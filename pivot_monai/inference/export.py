@@ -58,7 +58,7 @@ class _TupleOutputs(nn.Module):
 
 
 def _eager(checkpoint: str | Path | nn.Module, model_cfg: Mapping[str, Any] | None) -> nn.Module:
-    net = load_model(checkpoint, model_cfg, "cpu", channels_last=False)
+    net = load_model(checkpoint, model_cfg, "cpu", channels_last=False, fuse_norm=False)  # the trained modules
     if not isinstance(net, nn.Module) or isinstance(net, torch.jit.ScriptModule):
         raise ValueError(f"{checkpoint}: export needs a training checkpoint (.pt) or an eager nn.Module")
     return net.eval()

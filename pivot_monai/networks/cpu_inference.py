@@ -20,6 +20,7 @@ Together: 0.23 -> 0.16 s per forward of that lung box on 2 cores (outputs equal 
 from __future__ import annotations
 
 import logging
+import platform
 from collections.abc import Callable
 from typing import Any
 
@@ -34,16 +35,22 @@ logger = logging.getLogger(__name__)
 _CONV3D: tuple[Callable, ...] = (torch.conv3d, torch.nn.functional.conv3d)
 
 
+_MEASURED_MACHINES = ("x86_64", "amd64")
+
+
 def onednn_available() -> bool:
-    """Whether this PyTorch build has oneDNN (mkldnn) CPU kernels."""
-    return bool(torch.backends.mkldnn.is_available())
+    """Whether :class:`OneDNNConvolutions` reroutes here: a PyTorch build with oneDNN (mkldnn) on an x86-64 CPU.
+
+    Other CPUs (Arm's oneDNN goes through the Compute Library) were not measured, so PyTorch's own choice stays.
+    """
+    return bool(torch.backends.mkldnn.is_available()) and platform.machine().lower() in _MEASURED_MACHINES
 
 
 class OneDNNConvolutions(TorchFunctionMode):
     """Within the context, float32 CPU 3D convolutions without gradients run on oneDNN whatever their batch size.
 
-    Any other call (CUDA, another dtype or autocast, gradients needed, string padding, a build without oneDNN) passes
-    through unchanged, so the mode is safe around any network.
+    Any other call (CUDA, another dtype or autocast, gradients needed, string padding, a build without oneDNN, a CPU
+    other than x86-64) passes through unchanged, so the mode is safe around any network.
 
     Example:
         >>> conv = torch.nn.Conv3d(1, 4, 3, padding=1).eval()

@@ -108,3 +108,13 @@ def test_the_fitted_window_inferer_runs_a_lung_box_window_on_onednn():
         ref = net(x)
     assert kernels == {"aten::mkldnn_convolution"}
     torch.testing.assert_close(got["heatmap"], ref["heatmap"], atol=1e-5, rtol=1e-4)
+
+
+def test_the_mode_is_off_where_it_was_not_measured(monkeypatch):
+    import pivot_monai.networks.cpu_inference as cpu_inference
+
+    monkeypatch.setattr(cpu_inference.platform, "machine", lambda: "aarch64")
+    assert not onednn_available()
+    conv = torch.nn.Conv3d(1, 8, 3, padding=1).eval()
+    with torch.no_grad(), OneDNNConvolutions():
+        assert _conv_kernels(lambda: conv(torch.rand(1, 1, 16, 16, 16))) == {"aten::slow_conv3d_forward"}
