@@ -99,7 +99,7 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
         path: scan file or DICOM series folder.
         as_float: cast to float32 (default). ``False`` keeps the stored pixel type (LUNA16's ``.raw`` is int16):
             half the memory of a float32 copy, and no cast of the whole scan. :func:`preprocess_image` accepts
-            either and casts only the lung region it resamples.
+            either: it averages downsampled axes in the stored type and casts only the lung region it resamples.
 
     Raises:
         CTReadError: missing/truncated file, unreadable format, not 3D, NaN values or values outside a CT range.
