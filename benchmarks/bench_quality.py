@@ -127,8 +127,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
-    """Run the benchmark, write ``benchmarks/results/quality.json`` (``quality_<profile>_<size>_<antialias>.json``
-    after ``--train-profile``, ``--size fullsize`` or ``--antialias``) and return the table rows."""
+    """Run the benchmark, write ``benchmarks/results/quality.json`` and return the table rows.
+
+    ``--train-profile``, ``--size fullsize``, ``--antialias`` and another ``--seed`` each add to the name
+    (``quality_<profile>_<size>_<antialias>_seed<N>.json``), so ``make bench`` never overwrites those results.
+    """
     from pivot_monai.inference.evaluate import evaluate
 
     args = parse_args(argv)
@@ -174,7 +177,8 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     # a trained profile, another test-set size or an antialias override keeps its own file, so `make bench` (the demo
     # model on small scans) does not overwrite it
     parts = [args.train_profile if args.train_profile != "none" else "", size if size != "small" else ""]
-    suffix = "".join(f"_{p}" for p in (*parts, args.antialias or "") if p)
+    parts += [args.antialias or "", f"seed{args.seed}" if args.seed != 1000 and not args.quick else ""]
+    suffix = "".join(f"_{p}" for p in parts if p)
     write_results(f"{NAME}{suffix}", rows, details, settings)
     return rows
 
