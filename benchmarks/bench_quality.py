@@ -9,7 +9,7 @@ first with ``--train-profile``:
 * ``demo``: ``make demo``'s training (120 small scans of seed 0, split 70/15/15, ``demo.yaml``: 22 epochs, heads at
   output stride 2, mining on); see benchmarks/README.md for its measured time;
 * ``full``: a longer profile (120 scans, ``demo.yaml`` with 60 epochs and validation every 10); an estimate is
-  logged before it starts; measured 34.9 min on an idle 2-core VM. Opt-in: ``make bench`` never trains.
+  logged before it starts; measured 26.1-34.9 min on an idle 2-core VM. Opt-in: ``make bench`` never trains.
 
 Without a trained model, seeded random weights are evaluated and the numbers are meaningless (a warning says so).
 
