@@ -35,8 +35,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import (
-    CONFIG_DIR,
     DEMO_CONFIG,
+    NETWORK_PROFILES,
     Row,
     alternate,
     format_table,
@@ -52,7 +52,6 @@ __all__ = ["count_flops", "forward_seconds", "main"]
 logger = logging.getLogger(__name__)
 
 NAME = "compute"
-PROFILES = {"demo": DEMO_CONFIG, "default": CONFIG_DIR / "train.yaml"}
 
 
 def count_flops(module: Callable[[torch.Tensor], Any], x: torch.Tensor) -> int:
@@ -164,7 +163,7 @@ def wait_policy_seconds(policy: str | None, sections: dict[str, dict[str, Any]],
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="demo profile at 32^3, conv peak at 32^3, 3 runs")
-    p.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=["demo", "default"])
+    p.add_argument("--profiles", nargs="+", choices=sorted(NETWORK_PROFILES), default=["demo", "default"])
     p.add_argument("--repeats", type=int, default=7, help="timed runs per case (median)")
     p.add_argument("--conv-size", type=int, default=64, help="edge of the conv3d peak input")
     p.add_argument("--wait-policy-rounds", type=int, default=3, help="fresh-process rounds (full mode; 0 skips)")
@@ -185,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     threads = sorted({1, top} | {t for t in (2, 4, 8, 16) if t < top})
     peak = conv_peak(conv_size, repeats)
     logger.info("conv3d 32->32 3x3x3 on %d^3: %.1f GFLOP/s", conv_size, peak["gflops_per_s"])
-    nets = {p: profile_network(p, load_profile(PROFILES[p], overrides), repeats, threads) for p in profiles}
+    nets = {p: profile_network(p, load_profile(NETWORK_PROFILES[p], overrides), repeats, threads) for p in profiles}
     rows = [Row(NAME, f"conv3d peak GFLOP/s (32->32, 3^3, {conv_size}^3, fp32)", peak["gflops_per_s"])]
     for p, r in nets.items():
         shape = "x".join(str(v) for v in r["input"][2:])
@@ -211,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                 median(waits[""]))
         )  # fmt: skip
     settings = {"quick": args.quick, "repeats": repeats, "conv_size": conv_size, "threads": threads}
-    settings["profiles"] = {p: str(PROFILES[p].name) for p in profiles}
+    settings["profiles"] = {p: str(NETWORK_PROFILES[p].name) for p in profiles}
     write_results(NAME, rows, details, settings)
     return rows
 

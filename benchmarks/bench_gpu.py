@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import (
-    CONFIG_DIR,
-    DEMO_CONFIG,
+    NETWORK_PROFILES,
+    QUICK_OVERRIDES,
     WORK_DIR,
     Row,
     alternate,
@@ -55,8 +55,6 @@ __all__ = ["inference_arm", "main", "training_arm"]
 logger = logging.getLogger(__name__)
 
 NAME = "gpu"
-PROFILES = {"demo": DEMO_CONFIG, "default": CONFIG_DIR / "train.yaml"}
-QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [32, 32, 32]}
 ANCHOR = "MONAI RetinaNet bundle: 7.3 s per 512x512x192 scan end to end on an A100 with AMP"
 
 
@@ -136,7 +134,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="where the arms run (default cuda)")
     p.add_argument("--quick", action="store_true", help="demo profile only, 1 small scan at 4 mm, 1 round")
-    p.add_argument("--profiles", nargs="+", choices=sorted(PROFILES), default=None, help="default: demo default")
+    p.add_argument("--profiles", nargs="+", choices=sorted(NETWORK_PROFILES), default=None, help="default: both")
     p.add_argument("--checkpoint", type=Path, default=None, help="model.pt of the demo profile (default: make demo's)")
     p.add_argument("--scans", type=int, default=3, help="fullsize scans for inference")
     p.add_argument("--seed", type=int, default=1000, help="synthetic dataset seed (held out from training)")
@@ -149,7 +147,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def _profile(name: str, args: argparse.Namespace) -> tuple[list[Row], dict[str, Any]]:
     """Inference and training arms of one profile; returns its rows and raw results."""
-    config = PROFILES[name]
+    config = NETWORK_PROFILES[name]
     sections = load_profile(config, QUICK_OVERRIDES if args.quick else None)
     if name == "demo":
         checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"])

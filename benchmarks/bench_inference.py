@@ -43,6 +43,7 @@ import numpy as np
 
 from benchmarks.common import (
     DEMO_CONFIG,
+    QUICK_OVERRIDES,
     WORK_DIR,
     CaseResult,
     Row,
@@ -63,7 +64,6 @@ __all__ = ["baseline_case", "main", "pivot_case"]
 logger = logging.getLogger(__name__)
 
 NAME = "inference"
-QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [32, 32, 32]}
 TARGET_SECONDS, TARGET_RSS_MB, TARGET_SPEEDUP = 30.0, 4096.0, 5.0
 
 

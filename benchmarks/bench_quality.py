@@ -38,6 +38,7 @@ from typing import Any
 from benchmarks.common import (
     CONFIG_DIR,
     DEMO_CONFIG,
+    QUICK_OVERRIDES,
     RESULTS_DIR,
     WORK_DIR,
     Row,
@@ -55,7 +56,6 @@ __all__ = ["TRAIN_PROFILES", "main", "train_profile"]
 logger = logging.getLogger(__name__)
 
 NAME = "quality"
-QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [32, 32, 32]}
 TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     "demo": {"scans": 120, "overrides": {}},
     "full": {"scans": 120, "overrides": {"training#epochs": 60, "validation#interval": 10}},

@@ -34,6 +34,8 @@ __all__ = [
     "CONFIG_DIR",
     "DEFAULT_CHECKPOINT",
     "DEMO_CONFIG",
+    "NETWORK_PROFILES",
+    "QUICK_OVERRIDES",
     "REPO_ROOT",
     "RESULTS_DIR",
     "WORK_DIR",
@@ -60,6 +62,10 @@ WORK_DIR = REPO_ROOT / "benchmarks" / "work"  # git-ignored: generated scans, pr
 RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
 CONFIG_DIR = REPO_ROOT / "bundle" / "configs"
 DEMO_CONFIG = CONFIG_DIR / "demo.yaml"
+NETWORK_PROFILES = {"demo": DEMO_CONFIG, "default": CONFIG_DIR / "train.yaml"}
+"""The two networks the compute and GPU benchmarks measure: ``make demo``'s and ``train.yaml``'s."""
+QUICK_OVERRIDES = {"data#target_spacing": [4.0, 4.0, 4.0], "data#patch_size": [32, 32, 32]}
+"""``--quick`` sizes of the benchmarks that run the pipeline: 4 mm voxels, 32^3 patches."""
 DEFAULT_CHECKPOINT = REPO_ROOT / "bundle" / "models" / "model.pt"
 
 # imported once by the fork server, so isolated cases start warm (but have run nothing: OpenMP stays fork-safe)

@@ -278,7 +278,7 @@ def _linear(image: sitk.Image, target: Geometry) -> sitk.Image:
     )
 
 
-def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 6) -> sitk.Image:
+def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 2) -> sitk.Image:
     """The part of ``raw`` that covers ``target`` (so smoothing and resampling only touch that region)."""
     raw_geom = Geometry.from_sitk(raw)
     corners = np.array(
@@ -322,7 +322,7 @@ def preprocess_image(
     factors = shrink_factors(spacing, target_spacing, np.asarray(raw.GetSize()))
     shrunk = _shrink(raw, factors)
     target, start, found = crop_box(raw, cfg, must_include_world, must_include_radius_mm, source=shrunk)
-    roi = _raw_roi(shrunk, target, pad_vox=2)
+    roi = _raw_roi(shrunk, target)
     if roi.GetPixelID() != sitk.sitkFloat32:
         roi = sitk.Cast(roi, sitk.sitkFloat32)
     if cfg.antialias == "gaussian":

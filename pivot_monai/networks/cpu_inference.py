@@ -33,7 +33,6 @@ __all__ = ["OneDNNConvolutions", "fuse_batch_norm", "onednn_available"]
 
 logger = logging.getLogger(__name__)
 
-_CONV3D: tuple[Callable, ...] = (torch.conv3d, torch.nn.functional.conv3d)
 _MEASURED_MACHINES = ("x86_64", "amd64")  # platform.machine() of the CPUs the rerouting was measured on
 
 
@@ -66,7 +65,7 @@ class OneDNNConvolutions(TorchFunctionMode):
 
     def __torch_function__(self, func: Callable, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:  # noqa: D105
         kwargs = kwargs or {}
-        if self.enabled and func in _CONV3D:
+        if self.enabled and func is torch.conv3d:  # also torch.nn.functional.conv3d: the same builtin
             fast = _onednn_conv3d(*args, **kwargs)
             if fast is not None:
                 return fast
