@@ -7,6 +7,7 @@ reports, in the LPS frame LUNA16 annotations use. Arrays are returned in index o
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,11 +20,15 @@ __all__ = [
     "CTReadError",
     "CTVolume",
     "IMAGE_SUFFIXES",
+    "MHD_ELEMENT_TYPES",
+    "check_hu_range",
     "find_scans",
     "read_ct",
+    "read_mhd_header",
     "read_sitk",
     "seriesuid_from_path",
     "sitk_to_volume",
+    "value_range",
     "volume_to_sitk",
     "write_image",
 ]
@@ -129,19 +134,38 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
         raise CTReadError(f"{p}: expected a 3D CT volume, got size {image.GetSize()} (a 2D image or a single slice?)")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(f"{p}: expected a scalar CT image, got {image.GetNumberOfComponentsPerPixel()} components")
-    _check_hu_range(sitk.GetArrayViewFromImage(image), p)  # on the stored type: int16 is half the bytes to scan
+    check_hu_range(sitk.GetArrayViewFromImage(image), p)  # on the stored type: int16 is half the bytes to scan
     if not as_float or image.GetPixelID() == sitk.sitkFloat32:
         return image
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
-def _check_mhd_payload(p: Path) -> None:
-    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or shorter than the header says."""
+MHD_ELEMENT_TYPES = {
+    "MET_UCHAR": "u1",
+    "MET_CHAR": "i1",
+    "MET_SHORT": "i2",
+    "MET_USHORT": "u2",
+    "MET_INT": "i4",
+    "MET_UINT": "u4",
+    "MET_FLOAT": "f4",
+    "MET_DOUBLE": "f8",
+}
+"""MetaImage ``ElementType`` -> numpy type code (without byte order)."""
+
+
+def read_mhd_header(p: Path) -> dict[str, str]:
+    """The ``key = value`` fields of a MetaImage ``.mhd`` header (ITK reads the geometry; this is for the payload)."""
     header: dict[str, str] = {}
     for line in p.read_text(errors="replace").splitlines():
         if "=" in line:
             key, value = line.split("=", 1)
             header[key.strip()] = value.strip()
+    return header
+
+
+def _check_mhd_payload(p: Path) -> None:
+    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or shorter than the header says."""
+    header = read_mhd_header(p)
     data_file = header.get("ElementDataFile")
     if not data_file or data_file == "LOCAL" or "%" in data_file or data_file.startswith("LIST"):
         return
@@ -150,19 +174,10 @@ def _check_mhd_payload(p: Path) -> None:
         raise CTReadError(f"{p}: data file {raw.name} is missing (expected it next to the .mhd header)")
     if header.get("CompressedData", "False").lower() == "true":
         return
-    sizes = {
-        "MET_UCHAR": 1,
-        "MET_CHAR": 1,
-        "MET_SHORT": 2,
-        "MET_USHORT": 2,
-        "MET_INT": 4,
-        "MET_UINT": 4,
-        "MET_FLOAT": 4,
-        "MET_DOUBLE": 8,
-    }
     try:
         dims = [int(v) for v in header["DimSize"].split()]
-        expected = int(np.prod(dims)) * sizes[header["ElementType"]] * int(header.get("ElementNumberOfChannels", 1))
+        item = np.dtype(MHD_ELEMENT_TYPES[header["ElementType"]]).itemsize
+        expected = int(np.prod(dims)) * item * int(header.get("ElementNumberOfChannels", 1))
     except (KeyError, ValueError):
         return
     actual = raw.stat().st_size
@@ -173,8 +188,26 @@ def _check_mhd_payload(p: Path) -> None:
         )
 
 
-def _check_hu_range(values: np.ndarray, p: Path) -> None:
-    lo, hi = float(values.min()), float(values.max())  # NaN propagates through min/max: no separate isfinite pass
+def value_range(values: np.ndarray) -> tuple[float, float]:
+    """``(min, max)`` of an array in one pass (``torch.aminmax``, multi-threaded; NaN propagates to both).
+
+    numpy needs two passes (``min`` and ``max``): 19-20 ms against 6.5 ms for a 512 x 512 x 249 int16 scan on the
+    2-core machine of ``benchmarks/``. Types torch cannot reduce (e.g. ``uint16``) use numpy.
+    """
+    import torch
+
+    try:
+        with warnings.catch_warnings():  # a read-only view (SimpleITK's array view, a memory map) is only read here
+            warnings.simplefilter("ignore", UserWarning)
+            lo, hi = torch.aminmax(torch.from_numpy(values))
+        return float(lo), float(hi)
+    except (TypeError, RuntimeError):
+        return float(values.min()), float(values.max())
+
+
+def check_hu_range(values: np.ndarray, p: Path) -> None:
+    """Raise :class:`CTReadError` (naming ``p``) for NaN/infinite values or a range that is not CT in HU."""
+    lo, hi = value_range(values)  # NaN propagates through min/max: no separate isfinite pass
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise CTReadError(f"{p}: volume contains NaN or infinite values; expected Hounsfield units")
     if hi <= _CT_MIN_HU or lo >= _CT_MAX_HU or hi - lo < 100.0:

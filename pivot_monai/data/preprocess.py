@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from pivot_monai.data.annotations import DEFAULT_MALIGNANCY_THRESHOLD, Nodule
+from pivot_monai.data.binned_read import BinnedScan, read_binned
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import CTReadError, read_sitk, write_image
 from pivot_monai.data.lungs import lung_bounding_box, segment_lungs
@@ -36,6 +37,7 @@ __all__ = [
     "crop_box",
     "nodule_label_volume",
     "preprocess_image",
+    "read_for_preprocessing",
     "preprocess_scan",
     "residual_variance",
     "shrink_factors",
@@ -132,7 +134,7 @@ class PreprocessedScan:
 
 
 def crop_box(
-    raw: sitk.Image,
+    raw: sitk.Image | Geometry,
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
@@ -141,7 +143,8 @@ def crop_box(
     """Target-spacing grid of the lung box (plus margin), also covering any ``must_include_world`` points.
 
     Args:
-        raw: the scan; the full target grid is ``raw``'s extent resampled to ``cfg.target_spacing``.
+        raw: the scan, or its geometry when ``source`` is given; the full target grid is ``raw``'s extent resampled
+            to ``cfg.target_spacing``.
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain.
         must_include_radius_mm: (N,) radius around each of those points.
@@ -151,12 +154,15 @@ def crop_box(
     Returns:
         (geometry of the cropped target grid, crop start in the full resampled grid, whether lungs were found).
     """
-    raw_geom = Geometry.from_sitk(raw)
+    raw_geom = raw if isinstance(raw, Geometry) else Geometry.from_sitk(raw)
     full = raw_geom.resampled(cfg.target_spacing)
     size = np.asarray(full.size)
     if not cfg.lung_crop:
         return full, (0, 0, 0), True
-    source = raw if source is None else source
+    if source is None:
+        if isinstance(raw, Geometry):
+            raise ValueError("crop_box: give `source` (the image to find the lungs in) with a raw Geometry")
+        source = raw
     factors = [max(1, int(round(_COARSE_MM / s))) for s in source.GetSpacing()]
     coarse = sitk.BinShrink(source, factors)
     coarse_geom = Geometry.from_sitk(coarse)
@@ -296,8 +302,24 @@ def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 2) -> sitk.Image:
     return sitk.RegionOfInterest(raw, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
+def read_for_preprocessing(path: str | Path, cfg: PreprocessConfig) -> sitk.Image | BinnedScan:
+    """A scan as :func:`preprocess_image` takes it: binned while read where that applies, else the whole scan.
+
+    A plain ``.mhd/.raw`` scan finer than the target spacing is read straight into its ``BinShrink`` copy
+    (:func:`~pivot_monai.data.binned_read.read_binned`: a memory map and 16-slice slabs instead of the whole scan in
+    fresh memory); any other scan is read whole by :func:`~pivot_monai.data.io.read_sitk` in its stored type. The
+    preprocessed result is the same either way.
+
+    Raises:
+        CTReadError: the scan cannot be read as CT (the message names the file).
+    """
+    target = np.asarray(cfg.target_spacing, float)
+    binned = read_binned(path, lambda spacing, size: shrink_factors(spacing, target, size))
+    return binned if binned is not None else read_sitk(path, as_float=False)
+
+
 def preprocess_image(
-    raw: sitk.Image,
+    raw: sitk.Image | BinnedScan,
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
@@ -306,11 +328,12 @@ def preprocess_image(
 
     Args:
         raw: the scan in HU as read by :func:`pivot_monai.data.io.read_sitk`, float32 or its stored integer type
-            (``as_float=False``). Axes downsampled more than 1.5x are first averaged over ``round(ratio)`` voxels
-            (:func:`shrink_factors`) in that type, so an integer scan's image differs from its float32 copy's by the
-            rounding of those averages to whole HU (at most 0.5 HU before windowing). The lung mask, the crop and
-            the resampling work on that shrunk copy; only the cropped region is cast to float32, smoothed by the
-            rest of the ``"gaussian"`` blur (:func:`residual_variance`) and resampled.
+            (``as_float=False``), or already binned by :func:`read_for_preprocessing` (the same result). Axes
+            downsampled more than 1.5x are first averaged over ``round(ratio)`` voxels (:func:`shrink_factors`) in
+            that type, so an integer scan's image differs from its float32 copy's by the rounding of those averages
+            to whole HU (at most 0.5 HU before windowing). The lung mask, the crop and the resampling work on that
+            shrunk copy; only the cropped region is cast to float32, smoothed by the rest of the ``"gaussian"`` blur
+            (:func:`residual_variance`) and resampled.
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain (annotated nodules).
         must_include_radius_mm: (N,) radius around each of those points.
@@ -318,20 +341,24 @@ def preprocess_image(
     Returns:
         The processed image with its geometry in the raw scan's world frame.
     """
-    spacing, target_spacing = np.asarray(raw.GetSpacing()), np.asarray(cfg.target_spacing)
-    factors = shrink_factors(spacing, target_spacing, np.asarray(raw.GetSize()))
-    shrunk = _shrink(raw, factors)
-    target, start, found = crop_box(raw, cfg, must_include_world, must_include_radius_mm, source=shrunk)
+    target_spacing = np.asarray(cfg.target_spacing)
+    if isinstance(raw, BinnedScan):
+        shrunk, raw_geom, factors = raw.image, raw.raw_geometry, raw.factors
+    else:
+        raw_geom = Geometry.from_sitk(raw)
+        factors = shrink_factors(raw_geom.spacing, target_spacing, np.asarray(raw_geom.size))
+        shrunk = _shrink(raw, factors)
+    target, start, found = crop_box(raw_geom, cfg, must_include_world, must_include_radius_mm, source=shrunk)
     roi = _raw_roi(shrunk, target)
     if roi.GetPixelID() != sitk.sitkFloat32:
         roi = sitk.Cast(roi, sitk.sitkFloat32)
     if cfg.antialias == "gaussian":
-        roi = _smooth_residual(roi, residual_variance(spacing, target_spacing, factors))
+        roi = _smooth_residual(roi, residual_variance(raw_geom.spacing, target_spacing, factors))
     resampled = _linear(roi, target)
     hu = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)  # read only, `resampled` outlives it
     lo, hi = cfg.hu_window
     image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    return PreprocessedScan(np.ascontiguousarray(image), target, Geometry.from_sitk(raw), start, found)
+    return PreprocessedScan(np.ascontiguousarray(image), target, raw_geom, start, found)
 
 
 def nodule_label_volume(geometry: Geometry, nodules: list[Nodule]) -> np.ndarray:
@@ -380,10 +407,10 @@ def preprocess_scan(
     """
     scan_path = Path(scan_path)
     try:
-        raw = read_sitk(scan_path, as_float=False)
+        raw = read_for_preprocessing(scan_path, cfg)
     except CTReadError as err:
         raise ScanError(str(err)) from err
-    raw_geom = Geometry.from_sitk(raw)
+    raw_geom = raw.raw_geometry if isinstance(raw, BinnedScan) else Geometry.from_sitk(raw)
     for n in nodules:
         if not raw_geom.contains_index(raw_geom.world_to_index(np.asarray(n.world)))[0]:
             raise ScanError(

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import find_scans, read_sitk, seriesuid_from_path, volume_to_sitk
-from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image
+from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
 from pivot_monai.inference.decode import DecodeSettings, decode_peaks, output_to_input_index
 from pivot_monai.inference.predictor import Predictor
 from pivot_monai.inference.previews import write_previews
@@ -164,8 +164,10 @@ class InferencePipeline:
             path: the scan file or DICOM folder.
             seriesuid: its id. Default: from the path.
             keep_raw: keep the raw scan in :attr:`ScanPrediction.raw`. Default: when heatmaps or previews are
-                written. Otherwise it is released before the network runs, so the network's activations reuse its
-                memory (a fullsize scan is 0.13 GB that a fresh process would fault in again).
+                written. Otherwise a plain ``.mhd`` is read straight into its binned copy
+                (:func:`~pivot_monai.data.preprocess.read_for_preprocessing`: the whole 0.13 GB of a fullsize scan is
+                never copied), and what was read is released before the network runs, so the network's activations
+                reuse its memory.
 
         Raises:
             CTReadError: the scan cannot be read as CT (the message names the file).
@@ -174,13 +176,14 @@ class InferencePipeline:
         uid = seriesuid or seriesuid_from_path(path)
         keep = (self.save_heatmap or self.save_previews) if keep_raw is None else bool(keep_raw)
         t = [time.perf_counter()]
-        raw: sitk.Image | None = read_sitk(path, as_float=False)  # stored type (int16), as preprocess_image takes it
+        # heatmaps and previews need the whole scan; otherwise a plain .mhd is read straight into its binned copy
+        source = read_sitk(path, as_float=False) if keep else read_for_preprocessing(path, self.preprocess)
         t.append(time.perf_counter())
-        scan = preprocess_image(raw, self.preprocess)
+        scan = preprocess_image(source, self.preprocess)
         if not scan.lung_found:
             logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
-        if not keep:
-            raw = None
+        raw = source if keep else None
+        del source
         t.append(time.perf_counter())
         maps = self.predictor(torch.from_numpy(scan.image)[None, None])
         s = self.predictor.stride()

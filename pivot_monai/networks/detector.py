@@ -166,11 +166,17 @@ class PivotDetector(nn.Module):
             encoder.append(Down(spatial_dims, features[level - 1], features[level], act, norm, bias, dropout))
         self.encoder = nn.ModuleList(encoder)
 
-        # decoder[i] brings level (depth - i) up to level (depth - i - 1), concatenating that encoder level.
+        # decoder[i] brings level (depth - i) up to level (depth - i - 1), concatenating that encoder level. Inputs
+        # are divisible by 2 ** depth (checked in forward), so the upsampled and encoder maps always have the same
+        # size: is_pad=False drops UpCat's replicate pad by zero voxels, a full copy of each upsampled map (4 ms of
+        # a 0.18 s lung-box forward on 2 cores)
         self.decoder = nn.ModuleList(
-            UpCat(spatial_dims, features[level], features[level - 1], features[level - 1], act, norm, bias, dropout)
+            UpCat(
+                spatial_dims, features[level], features[level - 1], features[level - 1], act, norm, bias, dropout,
+                is_pad=False,
+            )
             for level in range(depth, head_level, -1)
-        )
+        )  # fmt: skip
 
         head_in = features[head_level]
         head_norm = norm if head_channels is not None else None

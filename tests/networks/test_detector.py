@@ -244,3 +244,18 @@ def test_build_network_loads_custom_class_with_kwargs():
 def test_build_network_custom_class_errors(path, error, match):
     with pytest.raises(error, match=match):
         build_network({"type": "custom", "class": path})
+
+
+def test_decoder_skips_the_zero_pad_and_gives_the_same_outputs():
+    # inputs are divisible by 2 ** depth, so UpCat's replicate pad only ever padded by zero voxels (a full copy)
+    torch.manual_seed(0)
+    net = PivotDetector(base_filters=4, depth=3, output_stride=2).eval()
+    x = torch.randn(1, 1, 32, 24, 40)
+    with torch.no_grad():
+        fast = net(x)
+        assert all(block.is_pad is False for block in net.decoder)
+        for block in net.decoder:
+            block.is_pad = True
+        padded = net(x)
+    for key in fast:
+        torch.testing.assert_close(fast[key], padded[key], rtol=0, atol=0)
