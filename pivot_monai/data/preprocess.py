@@ -258,12 +258,16 @@ def _smooth_residual(image: sitk.Image, variance: np.ndarray) -> sitk.Image:
 
     if not np.any(np.asarray(variance) > 1e-6):
         return image
-    array = sitk.GetArrayViewFromImage(image)  # (z, y, x), read only: correlate1d writes new arrays
+    array = sitk.GetArrayViewFromImage(image)  # (z, y, x), read only: each pass writes into one of two buffers
+    buffers = [np.empty_like(array), np.empty_like(array)]
     for axis, v in enumerate(np.asarray(variance, float)):
+        out, buffers = buffers[0], buffers[::-1]
         if v > 2.0 / 3.0:  # only when shrink_factors was capped by a tiny axis: sigma > 0.8 voxel, sampling is fine
-            array = ndimage.gaussian_filter1d(array, float(np.sqrt(v)), axis=2 - axis, mode="nearest")
+            array = ndimage.gaussian_filter1d(array, float(np.sqrt(v)), axis=2 - axis, output=out, mode="nearest")
         elif v > 1e-6:
-            array = ndimage.correlate1d(array, [v / 2.0, 1.0 - v, v / 2.0], axis=2 - axis, mode="nearest")
+            array = ndimage.correlate1d(array, [v / 2.0, 1.0 - v, v / 2.0], axis=2 - axis, output=out, mode="nearest")
+        else:
+            buffers = buffers[::-1]  # nothing written: the buffer stays free
     out = sitk.GetImageFromArray(array)
     out.CopyInformation(image)
     return out
@@ -357,8 +361,13 @@ def preprocess_image(
     resampled = _linear(roi, target)
     hu = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)  # read only, `resampled` outlives it
     lo, hi = cfg.hu_window
-    image = ((np.clip(hu, lo, hi) - lo) / (hi - lo)).astype(np.float32)
-    return PreprocessedScan(np.ascontiguousarray(image), target, raw_geom, start, found)
+    # in place on one (x, y, z) array: the same float32 operations as ((clip(hu) - lo) / (hi - lo)), one buffer
+    # instead of five temporaries of the crop's size (fresh memory a new process faults in)
+    image = np.empty(hu.shape, dtype=np.float32)
+    np.clip(hu, lo, hi, out=image)
+    image -= lo
+    image /= hi - lo
+    return PreprocessedScan(image, target, raw_geom, start, found)
 
 
 def nodule_label_volume(geometry: Geometry, nodules: list[Nodule]) -> np.ndarray:
