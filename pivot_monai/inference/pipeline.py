@@ -21,7 +21,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ import SimpleITK as sitk
 import torch
 from tqdm import tqdm
 
-from pivot_monai.data.binned_read import BinnedScan
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import find_scans, read_sitk, seriesuid_from_path, volume_to_sitk
 from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
@@ -136,8 +134,7 @@ class InferencePipeline:
     """Raw scan -> candidates, with the preprocessing of training and the configured decoding.
 
     Args:
-        predictor: the loaded detector with its sliding window, or a future of it (still loading in another thread,
-            as :func:`infer_scans` does: the first scan is read meanwhile).
+        predictor: the loaded detector with its sliding window.
         data: ``data`` config section (preprocessing). Default: the defaults.
         inference: ``inference`` config section (decoding). Default: the defaults.
         save_heatmap: write ``<uid>_heatmap.nii.gz`` on the raw grid. Default False.
@@ -147,7 +144,7 @@ class InferencePipeline:
 
     def __init__(
         self,
-        predictor: Predictor | Future[Predictor],
+        predictor: Predictor,
         data: Mapping[str, Any] | None = None,
         inference: Mapping[str, Any] | None = None,
         *,
@@ -155,17 +152,10 @@ class InferencePipeline:
         save_previews: bool = False,
         num_previews: int = 5,
     ) -> None:
-        self._predictor = predictor
+        self.predictor = predictor
         self.preprocess = PreprocessConfig.from_data_section(dict(data or {}))
         self.decode = DecodeSettings.from_config(inference)
         self.save_heatmap, self.save_previews, self.num_previews = save_heatmap, save_previews, int(num_previews)
-
-    @property
-    def predictor(self) -> Predictor:
-        """The detector; waits for it when it is still loading (and raises the loading error, if any)."""
-        if isinstance(self._predictor, Future):
-            self._predictor = self._predictor.result()
-        return self._predictor
 
     def predict(self, path: str | Path, seriesuid: str | None = None, keep_raw: bool | None = None) -> ScanPrediction:
         """Candidates of one scan.
@@ -182,24 +172,13 @@ class InferencePipeline:
         Raises:
             CTReadError: the scan cannot be read as CT (the message names the file).
         """
-        keep = self._keep_raw(keep_raw)
-        t = time.perf_counter()
-        source = self._read(Path(path), keep)
-        return self._predict_read(Path(path), seriesuid, source, keep, time.perf_counter() - t)
-
-    def _keep_raw(self, keep_raw: bool | None) -> bool:
-        return (self.save_heatmap or self.save_previews) if keep_raw is None else bool(keep_raw)
-
-    def _read(self, path: Path, keep: bool) -> sitk.Image | BinnedScan:
-        """Heatmaps and previews need the whole scan; otherwise a plain .mhd is read straight into its binned copy."""
-        return read_sitk(path, as_float=False) if keep else read_for_preprocessing(path, self.preprocess)
-
-    def _predict_read(
-        self, path: Path, seriesuid: str | None, source: sitk.Image | BinnedScan, keep: bool, read_seconds: float
-    ) -> ScanPrediction:
-        """:meth:`predict` from the scan as :meth:`_read` returned it."""
+        path = Path(path)
         uid = seriesuid or seriesuid_from_path(path)
+        keep = (self.save_heatmap or self.save_previews) if keep_raw is None else bool(keep_raw)
         t = [time.perf_counter()]
+        # heatmaps and previews need the whole scan; otherwise a plain .mhd is read straight into its binned copy
+        source = read_sitk(path, as_float=False) if keep else read_for_preprocessing(path, self.preprocess)
+        t.append(time.perf_counter())
         scan = preprocess_image(source, self.preprocess)
         if not scan.lung_found:
             logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
@@ -227,41 +206,20 @@ class InferencePipeline:
             world, np.clip(decoded["score"], 0.0, 1.0), decoded["diameter_mm"], np.clip(decoded["malignancy"], 0.0, 1.0)
         )
         t.append(time.perf_counter())
-        seconds = {"read": round(read_seconds, 3)}
-        seconds.update({n: round(b - a, 3) for n, a, b in zip(("preprocess", "network", "decode"), t[:-1], t[1:])})
+        names = ("read", "preprocess", "network", "decode")
+        seconds = {n: round(b - a, 3) for n, a, b in zip(names, t[:-1], t[1:])}
         return ScanPrediction(uid, path, cands, index, scan.geometry, maps, s, raw, seconds)
 
     def predict_many(self, items: Sequence[Mapping[str, str]]) -> Iterator[tuple[Mapping[str, str], Any]]:
-        """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed.
-
-        A scan's failure never stops the others; a detector that failed to load (see :attr:`predictor`) raises, after
-        the first scan was read (which overlaps the loading).
-        """
-        keep = self._keep_raw(None)
+        """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed; never raises."""
         for item in tqdm(items, desc="infer", unit="scan", disable=None):
-            path = Path(item["image"])
             try:
-                t = time.perf_counter()
-                source = self._read(path, keep)
-                read_seconds = time.perf_counter() - t
+                yield item, self.predict(item["image"], item.get("seriesuid"))
             except Exception as err:  # noqa: BLE001 - one broken scan must never stop the others
-                source, failure = None, self._failure(item, err)
-            self.predictor  # noqa: B018 - wait for the detector here, outside the per-scan error handling
-            if source is None:
-                yield item, failure
-                continue
-            try:
-                yield item, self._predict_read(path, item.get("seriesuid"), source, keep, read_seconds)
-            except Exception as err:  # noqa: BLE001 - one broken scan must never stop the others
-                yield item, self._failure(item, err)
-
-    @staticmethod
-    def _failure(item: Mapping[str, str], err: Exception) -> str:
-        """The error message of a failed scan (naming its file), logged."""
-        msg = str(err) if str(item["image"]) in str(err) else f"{item['image']}: {type(err).__name__}: {err}"
-        logger.error("%s", msg)
-        logger.debug("traceback of %s", item["image"], exc_info=True)
-        return msg
+                msg = str(err) if str(item["image"]) in str(err) else f"{item['image']}: {type(err).__name__}: {err}"
+                logger.error("%s", msg)
+                logger.debug("traceback of %s", item["image"], exc_info=True)
+                yield item, msg
 
     def write_outputs(self, pred: ScanPrediction, output_dir: Path) -> None:
         """The optional per-scan outputs (heatmap on the raw grid, previews)."""
@@ -394,23 +352,19 @@ def infer_scans(
         FileNotFoundError: an input or the model file does not exist.
         ValueError: a bad model file or config value.
     """
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="pivot-model") as pool:
-        # the model loads (0.04 s of Python for the demo network) while the first scan is read: SimpleITK and torch
-        # release the GIL, so the two overlap
-        loading = pool.submit(
-            Predictor.from_config,
-            model,
-            data,
-            model_cfg,
-            inference,
-            device=device,
-            tta=tta,
-            overlap=overlap,
-            sw_batch_size=sw_batch_size,
-            device_cfg=device_cfg,
-            amp=amp,
-        )
-        pipeline = InferencePipeline(
-            loading, data, inference, save_heatmap=save_heatmap, save_previews=save_previews, num_previews=num_previews
-        )
-        return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)
+    predictor = Predictor.from_config(
+        model,
+        data,
+        model_cfg,
+        inference,
+        device=device,
+        tta=tta,
+        overlap=overlap,
+        sw_batch_size=sw_batch_size,
+        device_cfg=device_cfg,
+        amp=amp,
+    )
+    pipeline = InferencePipeline(
+        predictor, data, inference, save_heatmap=save_heatmap, save_previews=save_previews, num_previews=num_previews
+    )
+    return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)

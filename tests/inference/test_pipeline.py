@@ -286,7 +286,7 @@ def test_a_fine_mhd_is_read_binned_with_the_same_candidates_as_a_whole_read(make
 
 
 def test_a_broken_checkpoint_stops_the_run_instead_of_failing_each_scan(make_raw_dataset, tmp_path):
-    # the model loads in a thread while the first scan is read; its error must still end the run
+    # a model that cannot load ends the run: it is not one scan's failure
     root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:2]))
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
