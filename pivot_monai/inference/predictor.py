@@ -29,7 +29,7 @@ from monai.utils import optional_import
 from pivot_monai.inference.inferers import FittedWindowInferer, TTAInferer
 from pivot_monai.inference.tta import TTASettings
 from pivot_monai.networks import OUTPUT_KEYS, build_network
-from pivot_monai.networks.cpu_inference import fuse_batch_norm
+from pivot_monai.networks.cpu_inference import fuse_activations, fuse_batch_norm
 
 __all__ = [
     "OnnxModel",
@@ -175,7 +175,8 @@ def load_model(
             Default True.
         fuse_norm: fold each batch norm of a checkpoint-built network into the convolution before it
             (:func:`~pivot_monai.networks.cpu_inference.fuse_batch_norm`; the same outputs to about 1e-6, one pass
-            less per activation). Default True.
+            less per activation), and the ReLU/LeakyReLU after it into a oneDNN post-op on CPU
+            (:func:`~pivot_monai.networks.cpu_inference.fuse_activations`; bitwise the same). Default True.
 
     Returns:
         The model in eval mode on ``device``; called on a (B, 1, X, Y, Z) tensor it returns the dict (or tuple) of
@@ -207,6 +208,7 @@ def load_model(
     net = load_checkpoint(net, path).to(dev)
     if fuse_norm:
         fuse_batch_norm(net)
+        fuse_activations(net)
     return net.to(memory_format=torch.channels_last_3d) if channels_last else net
 
 

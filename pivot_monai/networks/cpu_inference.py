@@ -12,6 +12,10 @@ Two measured problems of PyTorch's CPU path for one large inference window (a wh
   heuristic, hence this small function mode.
 * **Batch norm after each convolution.** In eval mode it is an affine map per channel, so it folds into the
   convolution's weights (``torch.nn.utils.fusion.fuse_conv_bn_weights``): one pass over each activation less.
+* **The activation after each convolution.** oneDNN applies a ReLU or LeakyReLU as it writes the convolution's output
+  (a post-op, ``mkldnn._convolution_pointwise``, what ``torch.compile``'s CPU backend emits for this pattern), so the
+  activation's own pass goes too (:func:`fuse_activations`): bitwise the same outputs, 0.01 s less for the first
+  forward of a lung box in a fresh process.
 
 Together: 0.23 -> 0.16 s per warm forward of that lung box on 2 cores, outputs equal to 1e-6 (with the other
 inference changes of the same day, the network stage of ``benchmarks/bench_inference.py`` went from 0.41 to 0.24 s
@@ -29,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["OneDNNConvolutions", "fuse_batch_norm", "onednn_available"]
+__all__ = ["ConvActivation3d", "OneDNNConvolutions", "fuse_activations", "fuse_batch_norm", "onednn_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -131,3 +135,68 @@ def fuse_batch_norm(network: nn.Module) -> int:
             folded += 1
     logger.debug("folded %d batch norms into their convolutions", folded)
     return folded
+
+
+_POST_OPS = {nn.LeakyReLU: "leaky_relu", nn.ReLU: "relu"}  # activations oneDNN applies as a convolution post-op
+
+
+class ConvActivation3d(nn.Conv3d):
+    """A ``Conv3d`` followed by its activation, as one oneDNN call where :class:`OneDNNConvolutions` would reroute.
+
+    Built by :func:`fuse_activations` from a trained convolution (its parameters are shared, state-dict keys
+    unchanged). Elsewhere (CUDA, autocast, another dtype, gradients, a CPU without oneDNN) it runs the convolution
+    and then the activation, as before.
+    """
+
+    def __init__(self, conv: nn.Conv3d, activation: nn.Module) -> None:
+        super().__init__(
+            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+            conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
+        )  # fmt: skip
+        self.weight, self.bias = conv.weight, conv.bias
+        self.activation = activation
+        self.post_op = _POST_OPS[type(activation)]
+        self.scalars = [float(activation.negative_slope)] if isinstance(activation, nn.LeakyReLU) else []
+        self.enabled = onednn_available()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
+        tensors = [t for t in (x, self.weight, self.bias) if t is not None]
+        fast = (
+            self.enabled
+            and self.padding_mode == "zeros"
+            and not isinstance(self.padding, str)
+            and x.dim() == 5
+            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+        )
+        if not fast:
+            return self.activation(super().forward(x))
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
+            self.post_op, self.scalars, "",
+        )  # fmt: skip
+
+
+def fuse_activations(network: nn.Module) -> int:
+    """Fuse each ReLU/LeakyReLU that directly follows a convolution into it (:class:`ConvActivation3d`); eval only.
+
+    The pairs are MONAI ``Convolution`` blocks whose ``adn`` is only identities, a dropout (a no-op in eval mode) and
+    then the activation, i.e. after :func:`fuse_batch_norm` has folded their batch norm. Returns how many were fused.
+
+    Raises:
+        ValueError: the network is in train mode.
+    """
+    if network.training:
+        raise ValueError("fuse_activations needs the network in eval mode (call .eval() first)")
+    fused = 0
+    for module in network.modules():
+        conv, adn = getattr(module, "conv", None), getattr(module, "adn", None)
+        if type(conv) is not nn.Conv3d or not isinstance(adn, nn.Sequential) or not len(adn):
+            continue
+        *rest, last = list(adn.children())
+        if type(last) in _POST_OPS and all(isinstance(m, (nn.Identity, nn.Dropout)) for m in rest):
+            module.conv, module.adn = ConvActivation3d(conv, last), nn.Identity()
+            fused += 1
+    logger.debug("fused %d activations into their convolutions", fused)
+    return fused
