@@ -7,6 +7,7 @@ reports, in the LPS frame LUNA16 annotations use. Arrays are returned in index o
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ __all__ = [
     "CTVolume",
     "IMAGE_SUFFIXES",
     "MHD_ELEMENT_TYPES",
-    "check_hu_range",
+    "check_value_range",
     "find_scans",
     "read_ct",
     "read_mhd_header",
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
 # plausible CT range in HU; a volume entirely outside it is not CT
 _CT_MIN_HU, _CT_MAX_HU = -2000.0, 5000.0
+_IMPORT_PID = os.getpid()  # value_range uses torch only in this process, not in children forked from it
 
 
 class CTReadError(ValueError):
@@ -134,7 +136,7 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
         raise CTReadError(f"{p}: expected a 3D CT volume, got size {image.GetSize()} (a 2D image or a single slice?)")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise CTReadError(f"{p}: expected a scalar CT image, got {image.GetNumberOfComponentsPerPixel()} components")
-    check_hu_range(sitk.GetArrayViewFromImage(image), p)  # on the stored type: int16 is half the bytes to scan
+    check_value_range(*value_range(sitk.GetArrayViewFromImage(image)), p)  # on the stored type: half the bytes
     if not as_float or image.GetPixelID() == sitk.sitkFloat32:
         return image
     return sitk.Cast(image, sitk.sitkFloat32)
@@ -189,25 +191,28 @@ def _check_mhd_payload(p: Path) -> None:
 
 
 def value_range(values: np.ndarray) -> tuple[float, float]:
-    """``(min, max)`` of an array in one pass (``torch.aminmax``, multi-threaded; NaN propagates to both).
+    """``(min, max)`` of an array as floats; NaN propagates to both (so no separate ``isfinite`` pass is needed).
 
-    numpy needs two passes (``min`` and ``max``): 19-20 ms against 6.5 ms for a 512 x 512 x 249 int16 scan on the
-    2-core machine of ``benchmarks/``. Types torch cannot reduce (e.g. ``uint16``) use numpy.
+    One ``torch.aminmax`` pass (multi-threaded) where that is safe, numpy's two passes elsewhere: 6.5 against 19-20 ms
+    for a 512 x 512 x 249 int16 scan on the 2-core machine of ``benchmarks/``. Not in a process forked from the one
+    that imported this module (``pivot preprocess --workers``' pool): a forked child cannot use the OpenMP threads its
+    parent started, and torch crashed there. Types torch cannot reduce (e.g. ``uint16``) use numpy too.
     """
-    import torch
+    if os.getpid() == _IMPORT_PID:
+        import torch
 
-    try:
-        with warnings.catch_warnings():  # a read-only view (SimpleITK's array view, a memory map) is only read here
-            warnings.simplefilter("ignore", UserWarning)
-            lo, hi = torch.aminmax(torch.from_numpy(values))
-        return float(lo), float(hi)
-    except (TypeError, RuntimeError):
-        return float(values.min()), float(values.max())
+        try:
+            with warnings.catch_warnings():  # a read-only view (SimpleITK's array view, a memory map) is only read
+                warnings.simplefilter("ignore", UserWarning)
+                lo, hi = torch.aminmax(torch.from_numpy(values))
+            return float(lo), float(hi)
+        except (TypeError, RuntimeError):
+            pass
+    return float(values.min()), float(values.max())
 
 
-def check_hu_range(values: np.ndarray, p: Path) -> None:
-    """Raise :class:`CTReadError` (naming ``p``) for NaN/infinite values or a range that is not CT in HU."""
-    lo, hi = value_range(values)  # NaN propagates through min/max: no separate isfinite pass
+def check_value_range(lo: float, hi: float, p: Path) -> None:
+    """Raise :class:`CTReadError` (naming ``p``) for NaN/infinite values or a ``lo..hi`` range that is not CT in HU."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise CTReadError(f"{p}: volume contains NaN or infinite values; expected Hounsfield units")
     if hi <= _CT_MIN_HU or lo >= _CT_MAX_HU or hi - lo < 100.0:

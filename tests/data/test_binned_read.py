@@ -100,18 +100,20 @@ def test_bad_payloads_fail_with_the_file_named(tmp_path, rng):
     with pytest.raises(CTReadError, match=r"short\.mhd: data file short\.raw is truncated"):
         read_binned(tmp_path / "short.mhd", fine)
 
-    values = rng.normal(-500, 300, size=geom.size).astype(np.float32)
-    values[3, 4, 17] = np.nan  # one voxel in a late slab
-    _write(tmp_path / "nan.mhd", values, geom)
-    with pytest.raises(CTReadError, match=r"nan\.mhd: volume contains NaN"):
-        read_binned(tmp_path / "nan.mhd", fine)
+    odd = Geometry((0.0, 0.0, 0.0), (0.7, 0.7, 1.25), np.eye(3), (30, 30, 21))  # BinShrink drops the last slice
+    for name, z in (("nan", 17), ("nan_dropped", 20)):  # a voxel in a late slab, and one in the dropped slice
+        values = rng.normal(-500, 300, size=odd.size).astype(np.float32)
+        values[3, 4, z] = np.nan
+        _write(tmp_path / f"{name}.mhd", values, odd)
+        with pytest.raises(CTReadError, match=rf"{name}\.mhd: volume contains NaN"):
+            read_binned(tmp_path / f"{name}.mhd", fine)
 
     _write(tmp_path / "unscaled.mhd", rng.integers(0, 50, size=geom.size).astype(np.int16), geom)
     with pytest.raises(CTReadError, match=r"unscaled\.mhd: values .* do not look like CT"):
         read_binned(tmp_path / "unscaled.mhd", fine)
 
 
-def test_value_range_is_one_pass_min_and_max_for_every_type(rng):
+def test_value_range_is_min_and_max_for_every_type(rng):
     for dtype in (np.int16, np.uint16, np.uint8, np.float32, np.float64):
         values = rng.integers(0, 200, size=(7, 9, 11)).astype(dtype)
         values.flags.writeable = False  # as SimpleITK's array views and memory maps are
@@ -119,3 +121,27 @@ def test_value_range_is_one_pass_min_and_max_for_every_type(rng):
     with_nan = np.zeros((4, 4, 4), np.float32)
     with_nan[1, 2, 3] = np.nan
     assert all(np.isnan(value_range(with_nan)))
+
+
+def _range_in_forked_child(values: np.ndarray, queue) -> None:
+    queue.put(value_range(values))
+
+
+def test_value_range_works_in_a_child_forked_after_torch_ran_in_parallel():
+    # pivot preprocess forks its workers; a child cannot use the OpenMP threads its parent started (torch crashed)
+    import multiprocessing
+
+    import torch
+
+    if "fork" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork on this platform")
+    torch.set_num_threads(2)
+    big = np.arange(4_000_000, dtype=np.int16)
+    assert value_range(big) == (-32768.0, 32767.0)  # in this process: torch, with its OpenMP threads started
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_range_in_forked_child, args=(big, queue))
+    child.start()
+    child.join(30)
+    assert child.exitcode == 0, f"forked child died with exit code {child.exitcode}"
+    assert queue.get(timeout=5) == (-32768.0, 32767.0)
