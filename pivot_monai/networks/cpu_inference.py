@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -86,12 +86,7 @@ def _onednn_conv3d(
     groups: int = 1,
 ) -> torch.Tensor | None:
     """``aten::mkldnn_convolution`` for a call it takes as F.conv3d would, else ``None``."""
-    tensors = [t for t in (input, weight, bias) if t is not None]
-    if isinstance(padding, str) or input.dim() != 5:
-        return None
-    if any(t.device.type != "cpu" or t.dtype != torch.float32 for t in tensors):
-        return None
-    if torch.is_autocast_enabled("cpu") or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)):
+    if not _onednn_call(input, weight, bias, padding):
         return None
 
     def triple(v: Any) -> list[int]:
@@ -100,6 +95,27 @@ def _onednn_conv3d(
     return torch.ops.aten.mkldnn_convolution(
         input, weight, bias, triple(padding), triple(stride), triple(dilation), int(groups)
     )
+
+
+def _onednn_call(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, padding: Any) -> bool:  # noqa: A002
+    """Whether a 3D convolution call can run on oneDNN here: a 5-D input, numeric padding, float32 CPU tensors, no
+    autocast, and no gradients needed (training keeps PyTorch's own convolution and its backward)."""
+    tensors = [t for t in (input, weight, bias) if t is not None]
+    return (
+        not isinstance(padding, str)
+        and input.dim() == 5
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
+        and not torch.is_autocast_enabled("cpu")
+        and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+    )
+
+
+def _conv_blocks(network: nn.Module) -> Iterator[tuple[nn.Module, nn.Conv3d, nn.Sequential]]:
+    """``(block, conv, adn)`` of every MONAI ``Convolution`` block (a ``Conv3d``, then its ``ADN``) in ``network``."""
+    for module in network.modules():
+        conv, adn = getattr(module, "conv", None), getattr(module, "adn", None)
+        if isinstance(conv, nn.Conv3d) and isinstance(adn, nn.Sequential):
+            yield module, conv, adn
 
 
 def fuse_batch_norm(network: nn.Module) -> int:
@@ -121,12 +137,11 @@ def fuse_batch_norm(network: nn.Module) -> int:
     if network.training:
         raise ValueError("fuse_batch_norm needs the network in eval mode (call .eval() first); it uses running stats")
     folded = 0
-    for module in network.modules():
-        conv, adn = getattr(module, "conv", None), getattr(module, "adn", None)
-        norm = getattr(adn, "N", None) if adn is not None else None
-        first = next(iter(adn.named_children()), ("", None))[0] if isinstance(adn, nn.Module) else ""
+    for _, conv, adn in _conv_blocks(network):
+        norm = getattr(adn, "N", None)
+        first = next(iter(adn.named_children()), ("", None))[0]
         foldable = isinstance(norm, nn.BatchNorm3d) and norm.running_mean is not None and norm.running_var is not None
-        if isinstance(conv, nn.Conv3d) and foldable and first == "N":  # a norm with running stats right after conv
+        if foldable and first == "N":  # a norm with running stats right after the convolution
             with torch.no_grad():
                 conv.weight, conv.bias = fuse_conv_bn_weights(
                     conv.weight, conv.bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias
@@ -160,16 +175,7 @@ class ConvActivation3d(nn.Conv3d):
         self.enabled = onednn_available()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        tensors = [t for t in (x, self.weight, self.bias) if t is not None]
-        fast = (
-            self.enabled
-            and self.padding_mode == "zeros"
-            and not isinstance(self.padding, str)
-            and x.dim() == 5
-            and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in tensors)
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
-        )
+        fast = self.enabled and self.padding_mode == "zeros" and _onednn_call(x, self.weight, self.bias, self.padding)
         if not fast:
             return self.activation(super().forward(x))
         return torch.ops.mkldnn._convolution_pointwise(
@@ -190,9 +196,8 @@ def fuse_activations(network: nn.Module) -> int:
     if network.training:
         raise ValueError("fuse_activations needs the network in eval mode (call .eval() first)")
     fused = 0
-    for module in network.modules():
-        conv, adn = getattr(module, "conv", None), getattr(module, "adn", None)
-        if type(conv) is not nn.Conv3d or not isinstance(adn, nn.Sequential) or not len(adn):
+    for module, conv, adn in _conv_blocks(network):
+        if type(conv) is not nn.Conv3d or not len(adn):  # already fused, or nothing after the convolution
             continue
         *rest, last = list(adn.children())
         if type(last) in _POST_OPS and all(isinstance(m, (nn.Identity, nn.Dropout)) for m in rest):
