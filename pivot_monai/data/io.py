@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,16 @@ __all__ = [
     "CTVolume",
     "IMAGE_SUFFIXES",
     "MHD_ELEMENT_TYPES",
+    "check_mhd_payload",
     "check_value_range",
     "find_scans",
+    "mhd_data_file",
     "read_ct",
     "read_mhd_header",
     "read_sitk",
     "seriesuid_from_path",
     "sitk_to_volume",
+    "unreadable",
     "value_range",
     "volume_to_sitk",
     "write_image",
@@ -125,13 +129,12 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
             if not p.exists():
                 raise CTReadError(f"{p}: file not found")
             if p.suffix.lower() == ".mhd":
-                _check_mhd_payload(p)
+                check_mhd_payload(p)
             image = sitk.ReadImage(str(p))
     except CTReadError:
         raise
     except RuntimeError as err:  # SimpleITK raises RuntimeError with ITK's message
-        first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
-        raise CTReadError(f"{p}: unreadable image ({first}); expected a .mhd/.raw pair, NIfTI or DICOM series") from err
+        raise unreadable(p, err) from err
     if image.GetDimension() != 3 or min(image.GetSize()) < 2:
         raise CTReadError(f"{p}: expected a 3D CT volume, got size {image.GetSize()} (a 2D image or a single slice?)")
     if image.GetNumberOfComponentsPerPixel() != 1:
@@ -142,17 +145,23 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
     return sitk.Cast(image, sitk.sitkFloat32)
 
 
+def unreadable(p: Path, err: RuntimeError) -> CTReadError:
+    """The :class:`CTReadError` for a file SimpleITK could not read (``err`` is its ``RuntimeError``)."""
+    first = str(err).strip().splitlines()[-1] if str(err).strip() else type(err).__name__
+    return CTReadError(f"{p}: unreadable image ({first}); expected a .mhd/.raw pair, NIfTI or DICOM series")
+
+
 MHD_ELEMENT_TYPES = {
-    "MET_UCHAR": "u1",
-    "MET_CHAR": "i1",
-    "MET_SHORT": "i2",
-    "MET_USHORT": "u2",
-    "MET_INT": "i4",
-    "MET_UINT": "u4",
-    "MET_FLOAT": "f4",
-    "MET_DOUBLE": "f8",
+    "MET_UCHAR": ("u1", sitk.sitkUInt8),
+    "MET_CHAR": ("i1", sitk.sitkInt8),
+    "MET_SHORT": ("i2", sitk.sitkInt16),
+    "MET_USHORT": ("u2", sitk.sitkUInt16),
+    "MET_INT": ("i4", sitk.sitkInt32),
+    "MET_UINT": ("u4", sitk.sitkUInt32),
+    "MET_FLOAT": ("f4", sitk.sitkFloat32),
+    "MET_DOUBLE": ("f8", sitk.sitkFloat64),
 }
-"""MetaImage ``ElementType`` -> numpy type code (without byte order)."""
+"""MetaImage ``ElementType`` -> (numpy type code without byte order, the SimpleITK pixel type ITK reads it as)."""
 
 
 def read_mhd_header(p: Path) -> dict[str, str]:
@@ -165,20 +174,33 @@ def read_mhd_header(p: Path) -> dict[str, str]:
     return header
 
 
-def _check_mhd_payload(p: Path) -> None:
-    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or shorter than the header says."""
-    header = read_mhd_header(p)
-    data_file = header.get("ElementDataFile")
-    if not data_file or data_file == "LOCAL" or "%" in data_file or data_file.startswith("LIST"):
+def mhd_data_file(p: Path, header: Mapping[str, str]) -> Path | None:
+    """The one data file a ``.mhd`` header names, next to ``p``; ``None`` for data in the header itself (``LOCAL``),
+    a list of files (``LIST``) or a file-name pattern (``%``)."""
+    name = header.get("ElementDataFile", "")
+    if not name or name == "LOCAL" or "%" in name or name.startswith("LIST"):
+        return None
+    return p.parent / name
+
+
+def check_mhd_payload(p: Path, header: Mapping[str, str] | None = None) -> None:
+    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or shorter than the header says.
+
+    Args:
+        p: the ``.mhd`` file.
+        header: its fields, when already read (:func:`read_mhd_header`). Default: read here.
+    """
+    header = read_mhd_header(p) if header is None else header
+    raw = mhd_data_file(p, header)
+    if raw is None:
         return
-    raw = p.parent / data_file
     if not raw.exists():
         raise CTReadError(f"{p}: data file {raw.name} is missing (expected it next to the .mhd header)")
     if header.get("CompressedData", "False").lower() == "true":
         return
     try:
         dims = [int(v) for v in header["DimSize"].split()]
-        item = np.dtype(MHD_ELEMENT_TYPES[header["ElementType"]]).itemsize
+        item = np.dtype(MHD_ELEMENT_TYPES[header["ElementType"]][0]).itemsize
         expected = int(np.prod(dims)) * item * int(header.get("ElementNumberOfChannels", 1))
     except (KeyError, ValueError):
         return

@@ -37,8 +37,9 @@ __all__ = [
     "crop_box",
     "nodule_label_volume",
     "preprocess_image",
-    "read_for_preprocessing",
     "preprocess_scan",
+    "raw_geometry",
+    "read_for_preprocessing",
     "residual_variance",
     "shrink_factors",
 ]
@@ -134,35 +135,30 @@ class PreprocessedScan:
 
 
 def crop_box(
-    raw: sitk.Image | Geometry,
+    raw_geom: Geometry,
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
-    source: sitk.Image | None = None,
+    *,
+    source: sitk.Image,
 ) -> tuple[Geometry, tuple[int, int, int], bool]:
     """Target-spacing grid of the lung box (plus margin), also covering any ``must_include_world`` points.
 
     Args:
-        raw: the scan, or its geometry when ``source`` is given; the full target grid is ``raw``'s extent resampled
-            to ``cfg.target_spacing``.
+        raw_geom: the scan's geometry; the full target grid is its extent resampled to ``cfg.target_spacing``.
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain.
         must_include_radius_mm: (N,) radius around each of those points.
-        source: the image the ~4 mm lung-finding copy is shrunk from: a downsampled copy of ``raw`` in the same
-            world frame (cheaper to shrink). Default ``raw``.
+        source: the image the ~4 mm lung-finding copy is shrunk from: the scan, or a downsampled copy of it in the
+            same world frame (cheaper to shrink).
 
     Returns:
         (geometry of the cropped target grid, crop start in the full resampled grid, whether lungs were found).
     """
-    raw_geom = raw if isinstance(raw, Geometry) else Geometry.from_sitk(raw)
     full = raw_geom.resampled(cfg.target_spacing)
     size = np.asarray(full.size)
     if not cfg.lung_crop:
         return full, (0, 0, 0), True
-    if source is None:
-        if isinstance(raw, Geometry):
-            raise ValueError("crop_box: give `source` (the image to find the lungs in) with a raw Geometry")
-        source = raw
     factors = [max(1, int(round(_COARSE_MM / s))) for s in source.GetSpacing()]
     coarse = sitk.BinShrink(source, factors)
     coarse_geom = Geometry.from_sitk(coarse)
@@ -261,13 +257,11 @@ def _smooth_residual(image: sitk.Image, variance: np.ndarray) -> sitk.Image:
     array = sitk.GetArrayViewFromImage(image)  # (z, y, x), read only: each pass writes into one of two buffers
     buffers = [np.empty_like(array), np.empty_like(array)]
     for axis, v in enumerate(np.asarray(variance, float)):
-        out, buffers = buffers[0], buffers[::-1]
+        out = buffers[1] if array is buffers[0] else buffers[0]  # never the pass's own input
         if v > 2.0 / 3.0:  # only when shrink_factors was capped by a tiny axis: sigma > 0.8 voxel, sampling is fine
             array = ndimage.gaussian_filter1d(array, float(np.sqrt(v)), axis=2 - axis, output=out, mode="nearest")
         elif v > 1e-6:
             array = ndimage.correlate1d(array, [v / 2.0, 1.0 - v, v / 2.0], axis=2 - axis, output=out, mode="nearest")
-        else:
-            buffers = buffers[::-1]  # nothing written: the buffer stays free
     out = sitk.GetImageFromArray(array)
     out.CopyInformation(image)
     return out
@@ -322,6 +316,11 @@ def read_for_preprocessing(path: str | Path, cfg: PreprocessConfig) -> sitk.Imag
     return binned if binned is not None else read_sitk(path, as_float=False)
 
 
+def raw_geometry(raw: sitk.Image | BinnedScan) -> Geometry:
+    """The geometry of the scan as stored, from a whole scan or a :class:`~pivot_monai.data.binned_read.BinnedScan`."""
+    return raw.raw_geometry if isinstance(raw, BinnedScan) else Geometry.from_sitk(raw)
+
+
 def preprocess_image(
     raw: sitk.Image | BinnedScan,
     cfg: PreprocessConfig,
@@ -346,10 +345,10 @@ def preprocess_image(
         The processed image with its geometry in the raw scan's world frame.
     """
     target_spacing = np.asarray(cfg.target_spacing)
+    raw_geom = raw_geometry(raw)
     if isinstance(raw, BinnedScan):
-        shrunk, raw_geom, factors = raw.image, raw.raw_geometry, raw.factors
+        shrunk, factors = raw.image, raw.factors
     else:
-        raw_geom = Geometry.from_sitk(raw)
         factors = shrink_factors(raw_geom.spacing, target_spacing, np.asarray(raw_geom.size))
         shrunk = _shrink(raw, factors)
     target, start, found = crop_box(raw_geom, cfg, must_include_world, must_include_radius_mm, source=shrunk)
@@ -419,7 +418,7 @@ def preprocess_scan(
         raw = read_for_preprocessing(scan_path, cfg)
     except CTReadError as err:
         raise ScanError(str(err)) from err
-    raw_geom = raw.raw_geometry if isinstance(raw, BinnedScan) else Geometry.from_sitk(raw)
+    raw_geom = raw_geometry(raw)
     for n in nodules:
         if not raw_geom.contains_index(raw_geom.world_to_index(np.asarray(n.world)))[0]:
             raise ScanError(
