@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -326,6 +327,7 @@ def preprocess_image(
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
+    on_target: Callable[[Geometry], None] | None = None,
 ) -> PreprocessedScan:
     """Lung crop, resample and HU-window one raw scan.
 
@@ -340,6 +342,8 @@ def preprocess_image(
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain (annotated nodules).
         must_include_radius_mm: (N,) radius around each of those points.
+        on_target: called with the output grid as soon as the crop is decided, before the resampling (``pivot
+            infer`` sizes the network's memory with it).
 
     Returns:
         The processed image with its geometry in the raw scan's world frame.
@@ -352,6 +356,8 @@ def preprocess_image(
         factors = shrink_factors(raw_geom.spacing, target_spacing, np.asarray(raw_geom.size))
         shrunk = _shrink(raw, factors)
     target, start, found = crop_box(raw_geom, cfg, must_include_world, must_include_radius_mm, source=shrunk)
+    if on_target is not None:
+        on_target(target)
     roi = _raw_roi(shrunk, target)
     if roi.GetPixelID() != sitk.sitkFloat32:
         roi = sitk.Cast(roi, sitk.sitkFloat32)

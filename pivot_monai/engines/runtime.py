@@ -15,6 +15,7 @@ __all__ = [
     "apply_host_settings",
     "autocast_dtype",
     "cpu_has_native_bf16",
+    "heap_keeps_freed",
     "memory_format",
     "reuse_freed_memory",
     "select_device",
@@ -76,6 +77,7 @@ def select_device(
 # mallopt(3) parameters from glibc's <malloc.h>
 _M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
 _TRIM_BYTES = 2**31 - 1  # the largest value mallopt takes (an int): hand back only more than 2 GB of free heap top
+_HEAP = {"keeps_freed": False}  # whether reuse_freed_memory has been applied in this process
 
 
 def reuse_freed_memory(enabled: bool = True) -> bool:
@@ -116,7 +118,13 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     except (OSError, AttributeError) as err:  # no libc to load, or a libc without mallopt
         logger.debug("device.reuse_freed_memory: mallopt unavailable (%s)", err)
         return False
+    _HEAP["keeps_freed"] = _HEAP["keeps_freed"] or bool(ok)
     return bool(ok)
+
+
+def heap_keeps_freed() -> bool:
+    """Whether :func:`reuse_freed_memory` has been applied in this process (large freed blocks stay in the heap)."""
+    return _HEAP["keeps_freed"]
 
 
 def apply_host_settings(device_cfg: Mapping[str, Any] | None) -> bool:

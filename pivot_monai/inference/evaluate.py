@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from pivot_monai.data.annotations import Nodule
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.raw_dataset import discover_raw_dataset
-from pivot_monai.inference.pipeline import InferencePipeline
+from pivot_monai.inference.pipeline import InferencePipeline, prefault_memory
 from pivot_monai.inference.postprocess import sphere_mask
 from pivot_monai.inference.predictor import Predictor
 from pivot_monai.metrics import (
@@ -208,7 +208,7 @@ def evaluate(
     predictor = Predictor.from_config(
         model, data, model_cfg, inference, device=device, tta=tta, device_cfg=device_cfg, amp=amp
     )
-    pipeline = InferencePipeline(predictor, data, inference)
+    pipeline = InferencePipeline(predictor, data, inference, prefault=prefault_memory(device_cfg))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     by_uid = {c.seriesuid: c for c in cases}

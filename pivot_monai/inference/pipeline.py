@@ -33,6 +33,8 @@ from tqdm import tqdm
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import find_scans, read_sitk, seriesuid_from_path, volume_to_sitk
 from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
+from pivot_monai.engines.prefault import HeapPrefault, heap_free_bytes
+from pivot_monai.engines.runtime import heap_keeps_freed
 from pivot_monai.inference.decode import DecodeSettings, decode_peaks, output_to_input_index
 from pivot_monai.inference.predictor import Predictor
 from pivot_monai.inference.previews import write_previews
@@ -45,6 +47,7 @@ __all__ = [
     "ScanPrediction",
     "heatmap_on_raw_grid",
     "infer_scans",
+    "prefault_memory",
     "scan_datalist",
 ]
 
@@ -140,6 +143,9 @@ class InferencePipeline:
         save_heatmap: write ``<uid>_heatmap.nii.gz`` on the raw grid. Default False.
         save_previews: write ``previews/<uid>_<rank>.png`` for the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
+        prefault: on the CPU, while a scan is read and preprocessed, fault in the memory its forward will need on
+            another core (:class:`~pivot_monai.engines.prefault.HeapPrefault`; ``device.prefault_memory``). Only
+            where the heap keeps freed memory (``device.reuse_freed_memory`` applied). Default True.
     """
 
     def __init__(
@@ -151,11 +157,13 @@ class InferencePipeline:
         save_heatmap: bool = False,
         save_previews: bool = False,
         num_previews: int = 5,
+        prefault: bool = True,
     ) -> None:
         self.predictor = predictor
         self.preprocess = PreprocessConfig.from_data_section(dict(data or {}))
         self.decode = DecodeSettings.from_config(inference)
         self.save_heatmap, self.save_previews, self.num_previews = save_heatmap, save_previews, int(num_previews)
+        self.prefault = bool(prefault)
 
     def predict(self, path: str | Path, seriesuid: str | None = None, keep_raw: bool | None = None) -> ScanPrediction:
         """Candidates of one scan.
@@ -179,7 +187,10 @@ class InferencePipeline:
         # heatmaps and previews need the whole scan; otherwise a plain .mhd is read straight into its binned copy
         source = read_sitk(path, as_float=False) if keep else read_for_preprocessing(path, self.preprocess)
         t.append(time.perf_counter())
-        scan = preprocess_image(source, self.preprocess)
+        with self._prefault() as prefault:
+            scan = preprocess_image(source, self.preprocess, on_target=lambda grid: prefault.start(
+                self._forward_bytes(grid.size)
+            ))  # fmt: skip
         if not scan.lung_found:
             logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
         raw = source if keep else None
@@ -209,6 +220,16 @@ class InferencePipeline:
         names = ("read", "preprocess", "network", "decode")
         seconds = {n: round(b - a, 3) for n, a, b in zip(names, t[:-1], t[1:])}
         return ScanPrediction(uid, path, cands, index, scan.geometry, maps, s, raw, seconds)
+
+    def _prefault(self) -> HeapPrefault:
+        """Faults in the coming forward's memory on another core once :meth:`HeapPrefault.start` is called."""
+        return HeapPrefault(self.prefault and self.predictor.device.type == "cpu" and heap_keeps_freed())
+
+    def _forward_bytes(self, size: Sequence[int]) -> int:
+        """The forward's largest maps for a volume of ``size``; 0 when the heap holds that much free already (in a
+        folder, the previous scan's forward)."""
+        need = self.predictor.forward_bytes(size)
+        return need if (heap_free_bytes() or 0) < need else 0
 
     def predict_many(self, items: Sequence[Mapping[str, str]]) -> Iterator[tuple[Mapping[str, str], Any]]:
         """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed; never raises."""
@@ -305,6 +326,18 @@ class InferencePipeline:
         }
 
 
+def prefault_memory(device_cfg: Mapping[str, Any] | None) -> bool:
+    """``device.prefault_memory`` (default true): whether :class:`InferencePipeline` prefaults the forward's memory.
+
+    Raises:
+        ValueError: the value is not a boolean.
+    """
+    value = dict(device_cfg or {}).get("prefault_memory", True)
+    if not isinstance(value, bool):
+        raise ValueError(f"device.prefault_memory must be true or false, got {value!r}")
+    return value
+
+
 def infer_scans(
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path,
@@ -338,7 +371,8 @@ def infer_scans(
         overlap: sliding-window overlap; ``None`` follows ``inference.overlap``.
         sw_batch_size: windows per forward; ``None`` follows ``inference.sw_batch_size``.
         device_cfg: ``device`` config section: mixed precision (``mixed_precision``, ``amp_dtype``,
-            ``force_cpu_amp``; see :func:`~pivot_monai.inference.predictor.inference_autocast`). Default: none.
+            ``force_cpu_amp``; see :func:`~pivot_monai.inference.predictor.inference_autocast`) and
+            ``prefault_memory`` (:class:`InferencePipeline`'s ``prefault``). Default: none.
         amp: force mixed precision on/off; ``None`` follows ``device_cfg``.
         save_heatmap: write ``<uid>_heatmap.nii.gz`` aligned with the raw scan. Default False.
         save_previews: write PNG previews of the top candidates. Default False.
@@ -365,6 +399,12 @@ def infer_scans(
         amp=amp,
     )
     pipeline = InferencePipeline(
-        predictor, data, inference, save_heatmap=save_heatmap, save_previews=save_previews, num_previews=num_previews
+        predictor,
+        data,
+        inference,
+        save_heatmap=save_heatmap,
+        save_previews=save_previews,
+        num_previews=num_previews,
+        prefault=prefault_memory(device_cfg),
     )
     return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)

@@ -293,3 +293,59 @@ def test_a_broken_checkpoint_stops_the_run_instead_of_failing_each_scan(make_raw
     with pytest.raises(ValueError, match=r"broken\.pt: not a readable PyTorch checkpoint"):
         infer_scans([root], tmp_path / "out", broken, data=TINY_DATA, model_cfg=TINY_MODEL, inference=TINY_INFERENCE)
     assert not (tmp_path / "out" / "candidates.csv").exists()
+
+
+class _WideOracle(OracleNet):
+    """The oracle stating 64 first-level channels, so the pipeline sizes a prefault for it."""
+
+    features = (64, 128)
+
+
+def test_the_forward_memory_is_prefaulted_once_the_crop_is_known_with_the_same_candidates(
+    make_raw_dataset, monkeypatch
+):
+    import threading
+
+    import pivot_monai.inference.pipeline as pipeline_module
+    from pivot_monai.engines.prefault import HeapPrefault
+    from pivot_monai.inference.pipeline import InferencePipeline
+    from pivot_monai.inference.predictor import Predictor
+
+    root, truth = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
+    path = root / "subset0" / f"{next(iter(truth))}.mhd"
+    predictor = Predictor(_WideOracle().eval(), TINY_DATA["patch_size"])
+    started: list[int] = []  # the sizes of the prefaults that became active
+
+    def start(self, nbytes, _start=HeapPrefault.start):
+        _start(self, nbytes)
+        if self.active:
+            started.append(nbytes)
+
+    monkeypatch.setattr(HeapPrefault, "start", start)
+    monkeypatch.setattr(pipeline_module, "heap_keeps_freed", lambda: True)  # as after reuse_freed_memory
+    monkeypatch.setattr(pipeline_module, "heap_free_bytes", lambda: 0)
+    on = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    image_size = tuple(int(n) for n in on.geometry.size)
+    assert started == [predictor.forward_bytes(image_size)]  # sized by the lung box's window, once it is known
+    off = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE, prefault=False).predict(path)
+    assert len(started) == 1  # prefault=False (device.prefault_memory: false) starts nothing
+    np.testing.assert_array_equal(on.candidates.world, off.candidates.world)
+    # a heap that holds the forward's memory free already (a folder's second scan) is not prefaulted again
+    monkeypatch.setattr(pipeline_module, "heap_free_bytes", lambda: 2**40)
+    InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    assert len(started) == 1
+    # a scan that fails after the crop still releases the block and its thread
+    monkeypatch.setattr(pipeline_module, "heap_free_bytes", lambda: 0)
+    monkeypatch.setattr("pivot_monai.data.preprocess._linear", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError, match="boom"):
+        InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    assert len(started) == 2 and not [t for t in threading.enumerate() if t.name == "pivot-heap-prefault"]
+
+
+@pytest.mark.parametrize("value", ["yes", 1])
+def test_device_prefault_memory_must_be_a_boolean(value):
+    from pivot_monai.inference.pipeline import prefault_memory
+
+    assert prefault_memory(None) is True and prefault_memory({"prefault_memory": False}) is False
+    with pytest.raises(ValueError, match="device.prefault_memory must be true or false"):
+        prefault_memory({"prefault_memory": value})
