@@ -5,13 +5,17 @@ Per scan, each side runs in a fresh process (peak RSS per case), alternating, ``
 * **pivot**: :func:`pivot_monai.inference.pipeline.infer_scans` with the config (default ``demo.yaml`` over
   ``train.yaml``): read, lung crop + resample + HU window (:func:`~pivot_monai.data.preprocess.preprocess_image`),
   Gaussian-blended sliding window, peak decoding, ``candidates.csv``.
-* **baseline**: the same network weights through ``monai.inferers.sliding_window_inference`` over the **whole**
+* **baseline**: the same network weights, as trained (batch norm not folded, PyTorch's default memory format and
+  allocator), through ``monai.inferers.sliding_window_inference`` over the **whole**
   volume resampled with SimpleITK to the same spacing (no lung crop), the same HU window, ``overlap=0.25`` and
   MONAI's other defaults (constant blending), ``sw_batch_size`` from the config (MONAI has no default); then the same
   :func:`~pivot_monai.inference.decode.decode_peaks` and ``candidates.csv``.
 * **pivot + TTA** (full mode, ``--no-tta`` skips): the pipeline with ``inference.tta`` on, one round.
-* **allocator lever** (full mode): PIVOT with ``device.reuse_freed_memory`` off and the baseline with it on, alternating
-  with the two cases above (``pivot infer`` applies the config's setting, default on, so **pivot** does too).
+* **host levers** (full mode): PIVOT with ``device.reuse_freed_memory`` off, and the baseline given PIVOT's two generic
+  host settings (``channels_last_3d`` weights and ``reuse_freed_memory``), alternating with the two cases above
+  (``pivot infer`` applies the config's settings, default on, so **pivot** does too). The plain baseline has neither:
+  MONAI's defaults are PyTorch's memory format and allocator.
+* **prefault lever** (full mode): PIVOT with ``device.prefault_memory`` off (default on), alternating likewise.
 * **folder** (full mode): all scans in one process, model loaded once, both sides: what ``pivot infer <folder>`` sees.
 * **pivot --amp** (full mode, on CPUs with native bf16 only): the pipeline with bf16 autocast, the opt-in CPU lever.
 * **area anti-aliasing** (full mode): the pipeline with ``data.antialias: area`` instead of the default ``gaussian``
@@ -120,18 +124,20 @@ def pivot_case(
 
 
 def baseline_case(
-    scan: str, uid: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any], reuse_memory: bool = False
+    scan: str, uid: str, out_dir: str, checkpoint: str, sections: Mapping[str, Any], host_levers: bool = False
 ) -> dict[str, Any]:
     """Plain MONAI sliding window over the whole resampled scan (runs in its own process); same outputs.
 
-    ``reuse_memory``: apply ``device.reuse_freed_memory`` (plain MONAI does not; the allocator ablation does).
+    ``host_levers``: give the baseline PIVOT's two generic host settings, ``channels_last_3d`` weights
+    (``device.channels_last``) and ``device.reuse_freed_memory``; plain MONAI has neither (the ablation row).
     """
     from pivot_monai.inference.predictor import load_model
 
-    if reuse_memory:
+    if host_levers:
         _host_runtime(sections, True)
     start = time.perf_counter()
-    net = load_model(checkpoint, sections["model"], fuse_norm=False)  # plain: the trained modules as they are
+    # plain: the trained modules as they are, in PyTorch's default memory format
+    net = load_model(checkpoint, sections["model"], fuse_norm=False, channels_last=host_levers)
     out = _baseline_scan(net, scan, uid, out_dir, sections)
     return {**out, "seconds": time.perf_counter() - start}
 
@@ -143,7 +149,8 @@ def baseline_folder_case(
     from pivot_monai.inference.predictor import load_model
 
     start = time.perf_counter()
-    net = load_model(checkpoint, sections["model"], fuse_norm=False)  # plain: the trained modules as they are
+    # plain: the trained modules as they are, in PyTorch's default memory format
+    net = load_model(checkpoint, sections["model"], fuse_norm=False, channels_last=False)
     outs = [
         _baseline_scan(net, scan, Path(scan).stem, str(Path(out_dir) / Path(scan).stem), sections) for scan in scans
     ]
@@ -234,10 +241,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     scan_paths = {p.name[: -len(".mhd")]: str(p) for p in sorted((raw_dir / "subset0").glob("*.mhd"))}
     out = WORK_DIR / f"infer_bench_{size}"
     per: dict[str, dict[str, list[CaseResult]]] = {
-        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_reuse": {}, "pivot_bf16": {},
-        "pivot_area": {},
+        "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_levers": {}, "pivot_bf16": {},
+        "pivot_area": {}, "pivot_no_prefault": {},
     }  # fmt: skip
     area = {**sections, "data": {**sections["data"], "antialias": "area"}}
+    no_prefault = {**sections, "device": {**sections.get("device", {}), "prefault_memory": False}}
     kw = {"threads": args.threads}
     ck = str(checkpoint)
     for uid, scan in scan_paths.items():
@@ -251,8 +259,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             cases["pivot_no_reuse"] = partial(
                 run_isolated, pivot_case, scan, str(out / "pivot_no_reuse" / uid), ck, sections, False, False, **kw
             )
-            cases["baseline_reuse"] = partial(
-                run_isolated, baseline_case, scan, uid, str(out / "baseline_reuse" / uid), ck, sections, True, **kw
+            cases["baseline_levers"] = partial(
+                run_isolated, baseline_case, scan, uid, str(out / "baseline_levers" / uid), ck, sections, True, **kw
+            )
+            cases["pivot_no_prefault"] = partial(  # the prefault lever: device.prefault_memory false
+                run_isolated, pivot_case, scan, str(out / "pivot_no_prefault" / uid), ck, no_prefault, False, **kw
             )
             cases["pivot_area"] = partial(  # the anti-aliasing choice: data.antialias area vs gaussian
                 run_isolated, pivot_case, scan, str(out / "pivot_area" / uid), ck, area, False, **kw
@@ -364,16 +375,27 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
         Row(NAME, cpm, a["cpm"], b["cpm"], ">= baseline" if trained and not quick else ""),
     ]  # fmt: skip
     if "pivot_no_reuse" in summary:
-        n, r = summary["pivot_no_reuse"], summary["baseline_reuse"]
+        n, r = summary["pivot_no_reuse"], summary["baseline_levers"]
         rows += [
             Row(NAME, "PIVOT s/scan: device.reuse_freed_memory on (default) vs off", a["seconds_per_scan"],
                 n["seconds_per_scan"]),
             Row(NAME, "PIVOT network s/scan: reuse on vs off", a["stage_seconds"]["network"],
                 n["stage_seconds"]["network"]),
-            Row(NAME, "baseline s/scan: with reuse_freed_memory vs plain", r["seconds_per_scan"],
+            Row(NAME, "baseline s/scan: with channels_last_3d + reuse_freed_memory vs plain", r["seconds_per_scan"],
                 b["seconds_per_scan"]),
-            Row(NAME, "speed-up vs the baseline given reuse_freed_memory too (x)",
+            Row(NAME, "speed-up vs the baseline given channels_last_3d + reuse_freed_memory too (x)",
                 r["seconds_per_scan"] / a["seconds_per_scan"]),
+        ]  # fmt: skip
+    if "pivot_no_prefault" in summary:
+        q = summary["pivot_no_prefault"]
+        rows += [
+            Row(NAME, "PIVOT s/scan: device.prefault_memory on (default) vs off", a["seconds_per_scan"],
+                q["seconds_per_scan"]),
+            Row(NAME, "PIVOT network s/scan: prefault on vs off", a["stage_seconds"]["network"],
+                q["stage_seconds"]["network"]),
+            Row(NAME, "PIVOT preprocess s/scan: prefault on vs off", a["stage_seconds"]["preprocess"],
+                q["stage_seconds"]["preprocess"]),
+            Row(NAME, "PIVOT peak RSS MB: prefault on vs off", a["peak_rss_mb"], q["peak_rss_mb"]),
         ]  # fmt: skip
     if "pivot_area" in summary:
         g = summary["pivot_area"]
