@@ -28,7 +28,7 @@ from pivot_monai.data.annotations import DEFAULT_MALIGNANCY_THRESHOLD, Nodule
 from pivot_monai.data.binned_read import BinnedScan, read_binned
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import CTReadError, read_sitk, write_image
-from pivot_monai.data.lungs import lung_bounding_box, segment_lungs
+from pivot_monai.data.lungs import lung_box
 
 __all__ = [
     "ANTIALIAS_MODES",
@@ -163,8 +163,7 @@ def crop_box(
     factors = [max(1, int(round(_COARSE_MM / s))) for s in source.GetSpacing()]
     coarse = sitk.BinShrink(source, factors)
     coarse_geom = Geometry.from_sitk(coarse)
-    mask = segment_lungs(sitk.GetArrayViewFromImage(coarse).transpose(2, 1, 0), coarse_geom.spacing)
-    box = lung_bounding_box(mask)
+    box = lung_box(sitk.GetArrayViewFromImage(coarse).transpose(2, 1, 0), coarse_geom.spacing)
     if box is None:
         return full, (0, 0, 0), False
     lo_c, hi_c = box
