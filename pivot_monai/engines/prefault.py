@@ -7,9 +7,11 @@ the first forward 0.17-0.41 s instead of the 0.13-0.15 s of a forward in memory 
 processes on 2026-12-02). Once the lung crop is decided, the rest of the preprocessing (blur, resampling, HU window:
 30-45 ms) keeps one core busy, so :class:`HeapPrefault` has the other fault those pages in meanwhile: it takes one
 block of the forward's size from the heap, has a helper thread populate it (``madvise(MADV_POPULATE_WRITE)``, Linux
-5.14+: 27 ms for 128 MB here; else ``memset``), and when the network is about to run frees the block back into the
-heap, where the forward's allocations find it. (Started before the read it slowed the read, which keeps both cores
-busy, 0.07 -> 0.17-0.27 s: ITK's shrink and the HU check are multi-threaded.)
+5.14+: 27 ms for 128 MB here, 37 ms in 4 MB chunks beside the preprocessing; else ``memset``), and when the network
+is about to run frees the block back into the heap, where the forward's allocations find it. Network stage of
+``benchmarks/bench_inference.py`` 0.19-0.21 -> 0.16-0.17 s, preprocessing +0.01 s, the scan -0.01 to -0.02 s.
+(Started before the read it slowed the read, which keeps both cores busy, 0.07 -> 0.17-0.27 s: ITK's shrink and the
+HU check are multi-threaded.)
 
 That needs the heap to keep what is freed (:func:`~pivot_monai.engines.runtime.reuse_freed_memory`, glibc): without
 it a block this large is unmapped on free and the work is lost, so :class:`HeapPrefault` does nothing. Allocators
@@ -71,7 +73,7 @@ class HeapPrefault:
     """Fault in heap memory on a helper thread, then hand it to the heap (:meth:`release`) for what comes next.
 
     :meth:`start` takes a block of ``nbytes`` from the heap in the calling thread (so it lands in that thread's
-    heap, where its later allocations look first) and has a daemon thread populate it in one call;
+    heap, where its later allocations look first) and has a daemon thread populate it in 4 MB chunks;
     :meth:`release` waits for the thread (populating is about twice as fast as faulting the same pages in one by one,
     so finishing beats stopping) and frees the block. Use it as a context manager, or call :meth:`release` in a
     ``finally``. Nothing is done (:attr:`active` stays False) below :data:`MIN_BYTES`, when the heap does not keep

@@ -143,9 +143,10 @@ class InferencePipeline:
         save_heatmap: write ``<uid>_heatmap.nii.gz`` on the raw grid. Default False.
         save_previews: write ``previews/<uid>_<rank>.png`` for the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
-        prefault: on the CPU, while a scan is read and preprocessed, fault in the memory its forward will need on
-            another core (:class:`~pivot_monai.engines.prefault.HeapPrefault`; ``device.prefault_memory``). Only
-            where the heap keeps freed memory (``device.reuse_freed_memory`` applied). Default True.
+        prefault: on the CPU, once a scan's lung crop is known, fault in the memory its forward will need on another
+            core while the rest of the preprocessing runs (:class:`~pivot_monai.engines.prefault.HeapPrefault`;
+            ``device.prefault_memory``). Only where the heap keeps freed memory (``device.reuse_freed_memory``
+            applied). Default True.
     """
 
     def __init__(
