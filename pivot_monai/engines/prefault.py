@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
+import mmap
 import threading
 
 __all__ = ["HeapPrefault", "heap_free_bytes"]
@@ -36,7 +38,7 @@ MIN_BYTES = 8 << 20
 CHUNK_BYTES = 4 << 20
 """Bytes populated per call (about 1 ms here)."""
 
-_PAGE = 4096
+_PAGE = mmap.PAGESIZE
 _MADV_POPULATE_WRITE = 23  # <linux/mman.h>, Linux 5.14+
 
 
@@ -46,6 +48,7 @@ class _MallInfo2(ctypes.Structure):
     )]  # fmt: skip
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -111,8 +114,15 @@ class HeapPrefault:
         if not self._block:
             return
         self.nbytes = int(nbytes)
-        self._thread = threading.Thread(target=self._populate, name="pivot-heap-prefault", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=self._populate, name="pivot-heap-prefault", daemon=True)
+        try:
+            thread.start()
+        except RuntimeError as err:  # no thread to be had: the forward faults its pages in itself, as without this
+            logger.debug("heap prefault not started (%s)", err)
+            self._libc.free(self._block)
+            self._block = None
+            return
+        self._thread = thread
 
     def release(self) -> None:
         """Wait for the populating thread and free the block into the heap. Safe to call twice."""

@@ -79,3 +79,15 @@ def test_heap_free_bytes_counts_a_freed_block():
     libc.free(ctypes.c_void_p(block))
     assert before is not None and held is not None
     assert heap_free_bytes() >= held + 60 * 1024
+
+
+@pytest.mark.skipif(not GLIBC, reason="C library calls")
+def test_a_thread_that_cannot_start_leaves_the_prefault_inactive(monkeypatch):
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    pre = HeapPrefault(keeps_freed=True)
+    pre.start(MIN_BYTES)  # no error: the forward faults its own pages in, as without the prefault
+    assert not pre.active
+    pre.release()
