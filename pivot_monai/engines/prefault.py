@@ -28,7 +28,7 @@ import logging
 import mmap
 import threading
 
-__all__ = ["HeapPrefault", "heap_free_bytes"]
+__all__ = ["HeapPrefault", "c_library", "heap_free_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,12 @@ class _MallInfo2(ctypes.Structure):
 
 
 @functools.cache
-def _libc() -> ctypes.CDLL | None:
+def c_library() -> ctypes.CDLL | None:
+    """The process's C library with the signatures of the heap calls PIVOT makes, or ``None`` where it cannot be loaded.
+
+    One handle per process, shared by :class:`HeapPrefault`, :func:`heap_free_bytes` and
+    :func:`~pivot_monai.engines.runtime.reuse_freed_memory` (``mallopt``; ``mallinfo2`` only exists from glibc 2.33).
+    """
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
@@ -57,19 +62,19 @@ def _libc() -> ctypes.CDLL | None:
         libc.memset.restype, libc.memset.argtypes = ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
         libc.madvise.restype, libc.madvise.argtypes = ctypes.c_int, [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     except (OSError, AttributeError) as err:
-        logger.debug("no C library for the heap prefault (%s)", err)
+        logger.debug("no C library for the heap calls (%s)", err)
         return None
+    if hasattr(libc, "mallinfo2"):
+        libc.mallinfo2.restype, libc.mallinfo2.argtypes = _MallInfo2, []
     return libc
 
 
 def heap_free_bytes() -> int | None:
     """Free bytes in the main heap (glibc ``mallinfo2().fordblks``), or ``None`` where it cannot be asked."""
-    libc = _libc()
-    fn = getattr(libc, "mallinfo2", None)
-    if fn is None:
+    libc = c_library()
+    if libc is None or not hasattr(libc, "mallinfo2"):
         return None
-    fn.restype, fn.argtypes = _MallInfo2, []
-    return int(fn().fordblks)
+    return int(libc.mallinfo2().fordblks)
 
 
 class HeapPrefault:
@@ -109,7 +114,7 @@ class HeapPrefault:
         """Start populating ``nbytes`` of heap (once; later calls and calls below :data:`MIN_BYTES` do nothing)."""
         if self._thread is not None or not self.keeps_freed or int(nbytes) < MIN_BYTES:
             return
-        self._libc = _libc()
+        self._libc = c_library()
         self._block = self._libc.malloc(int(nbytes)) if self._libc is not None else None
         if not self._block:
             return

@@ -105,19 +105,18 @@ def reuse_freed_memory(enabled: bool = True) -> bool:
     """
     if not enabled:
         return False
-    import ctypes
-    import ctypes.util
     import platform
+
+    from pivot_monai.engines.prefault import c_library
 
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         logger.debug("device.reuse_freed_memory: not glibc (%s), left as it is", platform.libc_ver())
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1
-    except (OSError, AttributeError) as err:  # no libc to load, or a libc without mallopt
-        logger.debug("device.reuse_freed_memory: mallopt unavailable (%s)", err)
+    libc = c_library()
+    if libc is None or not hasattr(libc, "mallopt"):  # no libc to load, or a libc without mallopt
+        logger.debug("device.reuse_freed_memory: mallopt unavailable")
         return False
+    ok = libc.mallopt(_M_MMAP_MAX, 0) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_BYTES) == 1
     _HEAP["keeps_freed"] = _HEAP["keeps_freed"] or bool(ok)
     return bool(ok)
 

@@ -69,9 +69,9 @@ def test_start_happens_once_and_release_is_idempotent():
 def test_heap_free_bytes_counts_a_freed_block():
     import ctypes
 
-    from pivot_monai.engines.prefault import _libc
+    from pivot_monai.engines.prefault import c_library
 
-    libc = _libc()
+    libc = c_library()
     before = heap_free_bytes()
     block = libc.malloc(64 * 1024)  # below the mmap threshold: from the heap
     libc.memset(block, 1, 64 * 1024)
