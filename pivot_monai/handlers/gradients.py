@@ -18,18 +18,19 @@ __all__ = ["GradientClipHandler"]
 class GradientClipHandler:
     """Clip the global gradient norm before the optimiser step and record it as ``engine.state.grad_norm``.
 
-    Under gradient accumulation only the micro-step that precedes the real optimiser step is clipped (the others
-    hold partial sums). Under AMP the gradients are unscaled first, so ``max_norm`` is in true gradient units.
+    Under gradient accumulation only the micro-steps followed by an optimiser step are clipped (the others hold
+    partial sums): those where :class:`~pivot_monai.engines.accumulation.GradientAccumulation` set
+    ``engine.state.optimizer_step``, the shorter cycle that ends an epoch included. Without accumulation every
+    iteration is clipped. Under AMP the gradients are unscaled first, so ``max_norm`` is in true gradient units.
 
     Args:
         max_norm: maximum global norm; ``None`` or ``enabled=False`` only measures the norm.
         norm_type: p of the p-norm. Default 2.0.
         enabled: clip (True) or only measure (False). Default True.
-        accumulation_steps: optimiser step every N iterations (``training.accumulation_steps``). Default 1.
         name: logger name.
 
     Raises:
-        ValueError: non-positive ``max_norm``/``norm_type`` or ``accumulation_steps`` < 1.
+        ValueError: non-positive ``max_norm``/``norm_type``.
     """
 
     def __init__(
@@ -37,25 +38,21 @@ class GradientClipHandler:
         max_norm: float | None = 1.0,
         norm_type: float = 2.0,
         enabled: bool = True,
-        accumulation_steps: int = 1,
         name: str | None = None,
     ) -> None:
         if enabled and max_norm is not None and max_norm <= 0:
             raise ValueError(f"training.gradient_clipping.max_norm must be > 0, got {max_norm}")
         if norm_type <= 0:
             raise ValueError(f"training.gradient_clipping.norm_type must be > 0, got {norm_type}")
-        if accumulation_steps < 1:
-            raise ValueError(f"training.accumulation_steps must be >= 1, got {accumulation_steps}")
         self.max_norm = float(max_norm) if (enabled and max_norm is not None) else math.inf
         self.norm_type = float(norm_type)
-        self.accumulation_steps = int(accumulation_steps)
         self.logger = logging.getLogger(name or __name__)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(IterationEvents.BACKWARD_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        if engine.state.iteration % self.accumulation_steps != 0:
+        if not getattr(engine.state, "optimizer_step", True):
             return
         scaler = getattr(engine, "scaler", None)
         if getattr(engine, "amp", False) and scaler is not None and scaler.is_enabled():
