@@ -20,7 +20,7 @@ import numpy as np
 
 from pivot_monai.data.synthetic.raster import capsule_distance, edge_width, egg_sd, ellipse_sd, ellipsoid_sd, ramp
 
-__all__ = ["SIDES", "Capsule", "ChestModel", "Tissue", "band_profile"]
+__all__ = ["SIDES", "Capsule", "ChestModel", "Fissure", "Tissue", "band_profile"]
 
 SIDES = (-1.0, 1.0)  # index 0: right lung (negative x in LPS), index 1: left lung
 
@@ -58,6 +58,33 @@ class Capsule:
 
 
 @dataclass(frozen=True)
+class Fissure:
+    """One interlobar fissure of a lung, a gently curved surface through the lung (local frame, mm).
+
+    The oblique (major) fissure rises from ``z_ant`` at the anterior diaphragm to ``z_post`` at the back of the
+    lung, bowed by ``curve`` mm towards the lateral wall; the right lung's horizontal (minor) fissure lies at
+    ``z_h`` in front of the oblique one. ``gap`` is the medial fraction (towards the hilum) where the fissure is
+    incomplete, as it often is.
+
+    Attributes:
+        side: 0 right lung, 1 left lung.
+        z_ant, z_post: oblique fissure height at the front and at the back of the lung.
+        curve: lateral bowing of the oblique fissure (mm).
+        z_h: horizontal fissure height (right lung), or None.
+        gap: medial fraction of the fissure that is missing (0 complete).
+        visibility: tissue fraction of the fissure line (0 invisible .. 1 a full 0.5 mm pleural double layer).
+    """
+
+    side: int
+    z_ant: float
+    z_post: float
+    curve: float
+    z_h: float | None
+    gap: float
+    visibility: float
+
+
+@dataclass(frozen=True)
 class ChestModel:
     """Shape parameters of one synthetic chest (mm and radians, patient-local frame; see the module docstring).
 
@@ -80,6 +107,8 @@ class ChestModel:
             dropping ``rib_drop`` towards the front, cross-section ``rib_t`` x ``rib_h``; sternum between
             ``sternum_z`` with half-width ``sternum_w``; scapulae between ``scapula_z``.
         other: CT table top ``table_y`` with curvature radius ``table_r``; ``gastric_bubble``; ``tissue`` HU.
+        shape: lateral convexity ``cav_bulge`` of the thoracic cavity (widest at mid-height) and its
+            antero-posterior narrowing ``ap_taper`` towards the apex; interlobar ``fissures``.
     """
 
     # body wall: thoracic cavity ellipse, layers outside it
@@ -143,6 +172,9 @@ class ChestModel:
     table_r: float
     gastric_bubble: bool
     tissue: Tissue
+    cav_bulge: float = 0.0
+    ap_taper: float = 0.06
+    fissures: tuple[Fissure, ...] = ()
 
     # ------------------------------------------------------------------ named parts
     def capsule(self, name: str) -> Capsule:
@@ -153,9 +185,9 @@ class ChestModel:
         raise ValueError(f"no mediastinal capsule named {name!r}; have {[c.name for c in self.capsules]}")
 
     def cavity_scale(self, z: np.ndarray | float) -> tuple[np.ndarray | float, np.ndarray | float]:
-        """In-plane scale of the thoracic cavity at height ``z``: the chest narrows towards the apex."""
-        f = np.clip(z / self.lung_height, 0.0, 1.0) ** 1.5
-        return 1.0 - self.cav_taper * f, 1.0 - 0.06 * f
+        """In-plane scale of the thoracic cavity at height ``z``: barrel-shaped, narrowing towards the apex."""
+        t = np.clip(z / self.lung_height, 0.0, 1.0)
+        return 1.0 - self.cav_taper * t**1.3 + 4.0 * self.cav_bulge * t * (1.0 - t), 1.0 - self.ap_taper * t**1.8
 
     def cavity_sd(self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float) -> np.ndarray:
         """In-plane signed distance (positive inside, approximate) to the thoracic cavity at height ``z``."""
@@ -303,6 +335,38 @@ class ChestModel:
                 side_occ = np.minimum(side_occ, ramp(sd, edge_width(h, thickness, nz)))
             occ = side_occ if occ is None else np.maximum(occ, side_occ)
         return np.broadcast_to(occ, np.broadcast_shapes(np.shape(x), np.shape(y))).astype(np.float32)
+
+    # ------------------------------------------------------------------ fissures
+    def fissure_distances(
+        self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
+        """Yields ``(distance, valid, nz, visibility)`` per fissure surface.
+
+        ``distance`` (mm, approximate) is the points' signed distance to the surface, ``nz`` the z-component of
+        its normal, ``visibility`` the fissure's (see :class:`Fissure`).
+
+        ``valid`` marks where the surface exists (on its lung's side, outside its medial gap; the horizontal fissure
+        only in front of the oblique one). Arrays broadcast like ``x``, ``y``, ``z``.
+        """
+        y_a, y_p = -self.cav_b, self.cav_b_post
+        for fis in self.fissures:
+            s = SIDES[fis.side]
+            lateral = np.clip(s * (x - self.mx) / self.cav_a, 0.0, 1.0)
+            slope = (fis.z_post - fis.z_ant) / (y_p - y_a)
+            z_obl = fis.z_ant + slope * (y - y_a) + fis.curve * (1.0 - (2.0 * lateral - 1.0) ** 2)
+            valid = (s * (x - self.mx) > 0) & (lateral > fis.gap)
+            norm = float(np.sqrt(1.0 + slope * slope))
+            yield (z - z_obl) / norm, valid, 1.0 / norm, fis.visibility
+            if fis.z_h is not None:
+                yield z - fis.z_h + 0.0 * y, valid & (fis.z_h > z_obl), 1.0, fis.visibility
+
+    def fissure_distance(self, points: np.ndarray) -> np.ndarray:
+        """(N,) unsigned distance (mm) of local points ``(N, 3)`` to the nearest fissure (inf without fissures)."""
+        p = np.asarray(points, dtype=np.float64).reshape(-1, 3)
+        out = np.full(len(p), np.inf)
+        for d, valid, _, _ in self.fissure_distances(p[:, 0], p[:, 1], p[:, 2]):
+            out = np.where(valid, np.minimum(out, np.abs(d)), out)
+        return out
 
 
 def _capsules_sd(x: np.ndarray, y: np.ndarray, z: np.ndarray, caps: tuple[Capsule, ...]) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Draw the parameters of one adult chest (:class:`~pivot_monai.data.synthetic.chest_model.ChestModel`).
 
-Ranges are chosen for adults in supine chest CT: thoracic cavity 230-280 mm wide and 145-190 mm deep, lungs
-225-290 mm tall from the costophrenic recess to the apex, right dome 5-20 mm higher than the left, heart resting on
+Ranges are chosen for adults in supine chest CT: thoracic cavity 235-290 mm wide and 155-200 mm deep, lungs
+235-300 mm tall from the costophrenic recess to the apex, right dome 5-20 mm higher than the left, heart resting on
 the left dome, aortic arch 20-32 mm above the carina, 12 ribs dropping 75-105 mm from back to front, and tissue
 attenuations varying by a few tens of HU between patients.
 """
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from pivot_monai.data.synthetic.chest_model import SIDES, Capsule, ChestModel, Tissue, band_profile
+from pivot_monai.data.synthetic.chest_model import SIDES, Capsule, ChestModel, Fissure, Tissue, band_profile
+from pivot_monai.data.synthetic.domains import DOMAINS, Domain, draw
 
 __all__ = ["sample_chest_model"]
 
 
-def _tissue(rng: np.random.Generator) -> Tissue:
+def _tissue(rng: np.random.Generator, domain: Domain) -> Tissue:
     u = rng.uniform
     fat = u(-112.0, -85.0)
     return Tissue(
@@ -26,7 +27,7 @@ def _tissue(rng: np.random.Generator) -> Tissue:
         liver=u(50.0, 66.0),
         spleen=u(40.0, 52.0),
         stomach=u(10.0, 30.0),
-        lung=u(-878.0, -838.0),
+        lung=draw(rng, domain.lung_hu),
         lung_gradient=u(15.0, 45.0),
         lung_texture_std=u(11.0, 17.0),
         cortex=u(650.0, 950.0),
@@ -37,25 +38,39 @@ def _tissue(rng: np.random.Generator) -> Tissue:
     )
 
 
-def sample_chest_model(rng: np.random.Generator) -> ChestModel:
+def _fissures(rng: np.random.Generator, height: float) -> tuple[Fissure, ...]:
+    """Oblique fissures in both lungs (rising 45-60 degrees to the back) and the right lung's horizontal one."""
+    u = rng.uniform
+    out = []
+    for side in (0, 1):
+        z_h = height * u(0.5, 0.62) if side == 0 else None
+        gap = u(0.0, 0.35) if rng.random() < 0.6 else 0.0
+        out.append(Fissure(side, height * u(0.0, 0.12), height * u(0.62, 0.8), u(-8.0, 8.0), z_h, gap, u(0.3, 1.0)))
+    return tuple(out)
+
+
+def sample_chest_model(rng: np.random.Generator, domain: Domain | None = None) -> ChestModel:
     """Draw one adult chest: body habitus, lung size, mediastinum and skeleton vary within adult ranges.
 
     Args:
         rng: the scan's random generator.
+        domain: generator domain for the patient-dependent ranges (body fat, lung attenuation); None means
+            ``train``.
 
     Returns:
         A :class:`ChestModel` in the patient-local frame (body width about 270-370 mm, lungs 225-290 mm tall).
     """
+    domain = DOMAINS["train"] if domain is None else domain
     u = rng.uniform
-    cav_a, cav_b = u(115.0, 140.0), u(68.0, 85.0)
+    cav_a, cav_b = u(118.0, 145.0), u(72.0, 92.0)
     cav_b_post = cav_b * u(1.1, 1.25)
-    fat_t, muscle_t, rib_zone = u(3.0, 18.0), u(7.0, 12.0), u(10.0, 13.0)
+    fat_t, muscle_t, rib_zone = draw(rng, domain.fat_mm), u(7.0, 12.0), u(10.0, 13.0)
     vb_b = u(13.0, 17.0)
     vb_a, canal_r, spinous_len = vb_b * u(1.05, 1.2), u(7.0, 9.0), u(25.0, 35.0)
     spine_y = cav_b_post - vb_b - u(8.0, 14.0)
     wall = rib_zone + muscle_t + fat_t
     body_b_post = max(cav_b_post + wall + u(10.0, 25.0), spine_y + vb_b + 2 * canal_r + spinous_len + 8.0 + fat_t)
-    height = u(225.0, 290.0)
+    height = u(235.0, 300.0)
     dome_r = height * u(0.2, 0.3)
     dome_top = (dome_r, dome_r - u(5.0, 20.0))
     mx = u(-6.0, 6.0)
@@ -135,7 +150,7 @@ def sample_chest_model(rng: np.random.Generator) -> ChestModel:
         cav_a=cav_a,
         cav_b=cav_b,
         cav_b_post=cav_b_post,
-        cav_taper=u(0.1, 0.18),
+        cav_taper=u(0.15, 0.26),
         fat_t=fat_t,
         muscle_t=muscle_t,
         rib_zone=rib_zone,
@@ -188,5 +203,8 @@ def sample_chest_model(rng: np.random.Generator) -> ChestModel:
         table_y=body_b_post + u(0.0, 3.0),
         table_r=u(500.0, 900.0),
         gastric_bubble=bool(rng.random() < 0.45),
-        tissue=_tissue(rng),
+        tissue=_tissue(rng, domain),
+        cav_bulge=u(0.02, 0.07),
+        ap_taper=u(0.08, 0.22),
+        fissures=_fissures(rng, height),
     )

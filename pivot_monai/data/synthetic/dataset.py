@@ -28,12 +28,18 @@ from pivot_monai.data.annotations import Nodule, write_annotations
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import write_image
 from pivot_monai.data.synthetic.anatomy import render_anatomy
+from pivot_monai.data.synthetic.chest_model import ChestModel
 from pivot_monai.data.synthetic.chest_sampling import sample_chest_model
+from pivot_monai.data.synthetic.domains import Domain, draw, get_domain
 from pivot_monai.data.synthetic.nodules import render_nodule, sample_findings
+from pivot_monai.data.synthetic.pathology import draw_fissures, emphysema_tubes, scar_tubes
 from pivot_monai.data.synthetic.placement import place_findings
+from pivot_monai.data.synthetic.raster import RenderGrid, rasterize_tubes
+from pivot_monai.data.synthetic.realism import vessel_volumes
 from pivot_monai.data.synthetic.scanner import (
     GENERATOR_VERSION,
     PRESETS,
+    add_streaks,
     apply_scanner,
     orient,
     sample_grid,
@@ -104,28 +110,52 @@ def _as_rng(rng_or_seed: np.random.Generator | int | np.random.SeedSequence) -> 
     raise TypeError(f"expected a numpy Generator, SeedSequence or int seed, got {type(rng_or_seed).__name__}")
 
 
+def _artefacts(
+    rng: np.random.Generator, domain: Domain, model: ChestModel, grid: RenderGrid, hu: np.ndarray
+) -> tuple[bool, tuple[int, int, float] | None]:
+    """Draw (and for streaks, add) the scan's artefacts: ``(streaks added, motion slab for apply_scanner)``."""
+    z = grid.axis(2)
+    streaks = bool(rng.random() < domain.streak_prob)
+    if streaks:  # behind the shoulders (top of the chest) or around an implant anywhere
+        top = rng.random() < 0.6
+        z_lo = model.lung_height - rng.uniform(10.0, 50.0) if top else rng.uniform(0.0, model.lung_height)
+        ks = np.flatnonzero((z >= z_lo) & (z <= z_lo + rng.uniform(10.0, 40.0)))
+        centre = np.array([model.mx, model.spine_y - (30.0 if top else rng.uniform(0.0, 80.0))])
+        add_streaks(hu, grid, rng, centre, range(int(ks[0]), int(ks[-1]) + 1) if len(ks) else range(0))
+    motion = None
+    if rng.random() < domain.motion_prob:  # the lung bases move most
+        ks = np.flatnonzero((z >= min(model.dome_top) - 30.0) & (z <= max(model.dome_top) + 50.0))
+        if len(ks):
+            motion = (int(ks[0]), int(ks[-1]) + 1, float(rng.uniform(0.5, 1.5)))
+    return streaks, motion
+
+
 def synthesize_scan(
     rng_or_seed: np.random.Generator | int,
     size: str = "small",
     *,
     direction: np.ndarray | None = None,
     seriesuid: str = "synthetic",
+    domain: str | Domain = "train",
 ) -> SyntheticScan:
     """Generate one chest CT with its findings (no disk I/O).
 
     Args:
         rng_or_seed: a numpy ``Generator`` (consumed) or an integer seed.
-        size: acquisition preset, ``"small"`` or ``"fullsize"`` (see :mod:`~pivot_monai.data.synthetic.scanner`).
+        size: acquisition preset, ``"small"``, ``"medium"`` or ``"fullsize"`` (see
+            :mod:`~pivot_monai.data.synthetic.scanner`).
         direction: 3x3 direction matrix (columns are index axes), axis-aligned, e.g. ``diag(1, 1, -1)`` for a
             z-flipped scan; None means identity.
         seriesuid: uid stored in the returned :class:`~pivot_monai.data.annotations.Nodule` objects.
+        domain: generator domain (``"train"`` or ``"heldout"``, see :mod:`~pivot_monai.data.synthetic.domains`).
 
     Returns:
         A :class:`SyntheticScan`.
 
     Raises:
-        ValueError: unknown ``size`` or an oblique ``direction``.
+        ValueError: unknown ``size`` or ``domain``, or an oblique ``direction``.
     """
+    dom = get_domain(domain)
     if size not in PRESETS:
         raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
     if direction is not None:
@@ -133,16 +163,22 @@ def synthesize_scan(
     start = time.perf_counter()
     rng = _as_rng(rng_or_seed)
     preset = PRESETS[size]
-    model = sample_chest_model(rng)
+    model = sample_chest_model(rng, dom)
     grid, world_origin = sample_grid(rng, preset, model)
     hu, lung = render_anatomy(model, grid, rng)
-    trees = grow_trees(rng, model, preset.trees)
+    draw_fissures(hu, grid, lung, model)
+    emphysema = emphysema_tubes(rng, model, dom)
+    rasterize_tubes(hu, grid, emphysema, mode="blend")
+    density = draw(rng, dom.vessel_density)
+    trees = grow_trees(rng, model, preset.trees, density)
     draw_trees(hu, grid, trees)
-    specs = place_findings(rng, sample_findings(rng), model, grid, lung, trees.vessels)
+    rasterize_tubes(hu, grid, scar_tubes(rng, model, dom, model.tissue.muscle), mode="max")
+    specs = place_findings(rng, sample_findings(rng, dom), model, grid, lung, trees.vessels)
     for spec in specs:
         render_nodule(hu, grid, spec)
-    psf_mm, noise_hu = float(rng.uniform(0.45, 0.9)), float(rng.uniform(10.0, 30.0))
-    array = apply_scanner(hu, grid, rng, psf_mm, noise_hu)
+    psf_mm, noise_hu, sharpness = float(rng.uniform(0.45, 0.95)), draw(rng, dom.noise_hu), draw(rng, dom.sharpness)
+    streaks, motion = _artefacts(rng, dom, model, grid, hu)
+    array = apply_scanner(hu, grid, rng, psf_mm, noise_hu, sharpness, motion)
     del hu
     array, geometry = orient(array, world_origin, grid.spacing, direction)
     lung_mask, _ = orient(lung, world_origin, grid.spacing, direction)
@@ -163,10 +199,19 @@ def synthesize_scan(
                 "irregularity": round(spec.irregularity, 3),
             }
         )
+    tbv, bv5 = vessel_volumes(trees.vessels, model.lung_sd(0.5 * (trees.vessels.a + trees.vessels.b))[0] > 0)
     info = {
+        "domain": dom.name,
+        "tbv_ml": tbv,
+        "bv5_ml": bv5,
         "thickness_mm": grid.thickness,
         "psf_mm": psf_mm,
         "noise_hu": noise_hu,
+        "sharpness": sharpness,
+        "vessel_density": density,
+        "emphysema_holes": len(emphysema),
+        "streaks": streaks,
+        "motion": motion is not None,
         "n_vessel_segments": len(trees.vessels),
         "seconds": time.perf_counter() - start,
     }

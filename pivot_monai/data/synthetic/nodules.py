@@ -2,8 +2,10 @@
 
 * Diameters are log-normal (median 6.5 mm, sigma 0.5 in log space) truncated to 3-30 mm, like LUNA16's
   annotations: most nodules are 4-10 mm. Findings of 1.5-3 mm are drawn too but listed as excluded.
-* Types: solid (+20..+60 HU), part-solid (ground-glass halo with a solid core), ground-glass (-600..-300 HU) and
-  a few calcified benign ones (+250..+700 HU).
+* Types: solid (+20..+60 HU), part-solid (ground-glass halo with a solid core), ground-glass (the domain's
+  bands, -760..-250 HU over both domains) and a few calcified benign ones (+250..+700 HU).
+* Placements: isolated, juxtapleural, juxtavascular (the domain's share) and perifissural (touching a fissure).
+* About a third of the tiny excluded findings are calcified granulomas (+300..+900 HU).
 * Shapes are star-shaped: a sphere stretched by a random near-identity ellipsoid and lobulated by a few smooth
   bumps of zero mean, plus thin spicules on the most irregular ones.
 * Malignancy imitates an LIDC rating: the mean of four simulated readers (steps of 0.25 in 1..5), rising with size
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pivot_monai.data.synthetic.domains import DOMAINS, Domain, draw
 from pivot_monai.data.synthetic.raster import RenderGrid, TubeSet, ramp, rasterize_tubes
 
 __all__ = [
@@ -32,8 +35,8 @@ __all__ = [
 
 KINDS = ("solid", "part-solid", "ground-glass", "calcified")
 KIND_PROBS = (0.68, 0.12, 0.14, 0.06)
-PLACEMENTS = ("isolated", "juxtapleural", "juxtavascular")
-PLACEMENT_PROBS = (0.5, 0.3, 0.2)
+PLACEMENTS = ("isolated", "juxtapleural", "juxtavascular", "perifissural")
+_JUXTAPLEURAL_SHARE, _PERIFISSURAL_SHARE = 0.25, 0.1
 NODULE_COUNT_PROBS = (0.15, 0.33, 0.27, 0.15, 0.10)  # P(0..4 nodules in a scan)
 EXCLUDED_DIAMETER_RANGE = (1.5, 3.0)
 
@@ -45,7 +48,7 @@ class NoduleSpec:
     Attributes:
         diameter: nominal diameter (mm), the annotated one.
         kind: one of ``solid``, ``part-solid``, ``ground-glass``, ``calcified``.
-        placement: ``isolated``, ``juxtapleural`` or ``juxtavascular`` (what placement aims for).
+        placement: ``isolated``, ``juxtapleural``, ``juxtavascular`` or ``perifissural`` (what placement aims for).
         hu: attenuation of the nodule (of the halo for part-solid).
         core_fraction: solid-core radius / radius (part-solid only, else 0).
         core_hu: attenuation of the solid core.
@@ -140,21 +143,39 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
     return q * np.sign(np.diag(r))
 
 
-def sample_nodule(rng: np.random.Generator, diameter: float, excluded: bool = False) -> NoduleSpec:
-    """Draw type, attenuation, shape, placement and malignancy of one finding of ``diameter`` mm."""
-    kind = "solid" if excluded else str(rng.choice(KINDS, p=KIND_PROBS))
-    placement = "isolated" if excluded else str(rng.choice(PLACEMENTS, p=PLACEMENT_PROBS))
+def _placement_probs(domain: Domain) -> tuple[float, ...]:
+    jv = domain.juxtavascular_share
+    return (1.0 - jv - _JUXTAPLEURAL_SHARE - _PERIFISSURAL_SHARE, _JUXTAPLEURAL_SHARE, jv, _PERIFISSURAL_SHARE)
+
+
+def sample_nodule(
+    rng: np.random.Generator, diameter: float, excluded: bool = False, domain: Domain | None = None
+) -> NoduleSpec:
+    """Draw type, attenuation, shape, placement and malignancy of one finding of ``diameter`` mm.
+
+    Args:
+        rng: the scan's random generator.
+        diameter: nominal diameter (mm).
+        excluded: a tiny finding for ``annotations_excluded.csv`` (solid, or a calcified granuloma).
+        domain: generator domain (ground-glass attenuation, placement shares); None means ``train``.
+    """
+    domain = DOMAINS["train"] if domain is None else domain
+    if excluded:
+        kind = "calcified" if rng.random() < 0.35 else "solid"
+    else:
+        kind = str(rng.choice(KINDS, p=KIND_PROBS))
+    placement = "isolated" if excluded else str(rng.choice(PLACEMENTS, p=_placement_probs(domain)))
     irregularity = (
         0.0 if kind == "calcified" else float(np.clip(rng.beta(2.0, 4.0) + 0.15 * np.log(diameter / 8.0), 0.0, 1.0))
     )
     if excluded:
         irregularity *= 0.3
     hu = {
-        "solid": rng.uniform(20.0, 60.0),
-        "part-solid": rng.uniform(-600.0, -350.0),
-        "ground-glass": rng.uniform(-600.0, -300.0),
-        "calcified": rng.uniform(250.0, 700.0),
-    }[kind]
+        "solid": lambda: rng.uniform(20.0, 60.0),
+        "part-solid": lambda: draw(rng, domain.ggo_hu),
+        "ground-glass": lambda: draw(rng, domain.ggo_hu),
+        "calcified": lambda: rng.uniform(300.0, 900.0) if excluded else rng.uniform(250.0, 700.0),
+    }[kind]()
     core_fraction = rng.uniform(0.3, 0.6) if kind == "part-solid" else 0.0
     rot = _random_rotation(rng)
     stretch = np.exp(rng.normal(0.0, 0.06 + 0.08 * irregularity, 3))
@@ -190,12 +211,19 @@ def sample_nodule(rng: np.random.Generator, diameter: float, excluded: bool = Fa
     )
 
 
-def sample_findings(rng: np.random.Generator) -> list[NoduleSpec]:
-    """All findings of one scan: 0-4 nodules (:data:`NODULE_COUNT_PROBS`) and 0-3 tiny excluded ones."""
+def sample_findings(rng: np.random.Generator, domain: Domain | None = None) -> list[NoduleSpec]:
+    """All findings of one scan: 0-4 nodules (:data:`NODULE_COUNT_PROBS`) and 0-3 tiny excluded ones.
+
+    Args:
+        rng: the scan's random generator.
+        domain: generator domain (nodule size median, attenuation, placement); None means ``train``.
+    """
+    domain = DOMAINS["train"] if domain is None else domain
     n = int(rng.choice(len(NODULE_COUNT_PROBS), p=NODULE_COUNT_PROBS))
     n_excluded = int(min(rng.poisson(0.8), 3))
-    specs = [sample_nodule(rng, d) for d in sample_nodule_diameters(rng, n)]
-    specs += [sample_nodule(rng, d, excluded=True) for d in sample_excluded_diameters(rng, n_excluded)]
+    diameters = sample_nodule_diameters(rng, n, median_mm=domain.nodule_median_mm)
+    specs = [sample_nodule(rng, d, domain=domain) for d in diameters]
+    specs += [sample_nodule(rng, d, excluded=True, domain=domain) for d in sample_excluded_diameters(rng, n_excluded)]
     return specs
 
 

@@ -1,10 +1,10 @@
-"""Place synthetic nodules in the lungs: isolated, juxtapleural (touching the pleura) or juxtavascular.
+"""Place synthetic nodules in the lungs: isolated, juxtapleural (touching the pleura), juxtavascular or perifissural.
 
 Candidate centres are random points scored by the chest model's lung signed distance (or points beside vessel
-segments for juxtavascular nodules); each is then checked against the rendered lung mask: a nodule's whole body
-must lie in the lung, a juxtapleural one must also come within 1.5 mm of the lung wall, and no two nodules may
-touch. A finding that cannot be placed in a few dozen tries falls back to an isolated position, and is dropped
-(with a debug log) when even that fails.
+segments for juxtavascular nodules, points a radius away from a fissure for perifissural ones); each is then
+checked against the rendered lung mask: a nodule's whole body must lie in the lung, a juxtapleural one must also
+come within 1.5 mm of the lung wall, and no two nodules may touch. A finding that cannot be placed in a few dozen
+tries falls back to an isolated position, and is dropped (with a debug log) when even that fails.
 """
 
 from __future__ import annotations
@@ -86,9 +86,13 @@ def _propose(
     model: ChestModel,
     cand: np.ndarray,
     cand_sd: np.ndarray,
+    cand_fd: np.ndarray,
     vessels: TubeSet,
 ) -> np.ndarray | None:
     extent = spec.extent
+    if placement == "perifissural":
+        pool = np.flatnonzero((np.abs(cand_fd - spec.radius) < 1.0) & (cand_sd > extent + 2.0))
+        return cand[int(rng.choice(pool))] if len(pool) else None
     if placement == "juxtavascular" and len(vessels):
         r_mid = 0.5 * (vessels.ra + vessels.rb)
         mid = 0.5 * (vessels.a + vessels.b)
@@ -137,13 +141,14 @@ def place_findings(
         The placed findings; ``placement`` is updated when a fallback position was used.
     """
     cand, cand_sd = _candidates(rng, model, grid)
+    cand_fd = model.fissure_distance(cand)
     big = vessels.subset(0.5 * (vessels.ra + vessels.rb) >= 1.0) if len(vessels) else vessels
     placed: list[NoduleSpec] = []
     for spec in sorted(specs, key=lambda s: -s.diameter):
         extent = spec.extent
         for attempt in range(_TRIES):
             placement = spec.placement if attempt < _TRIES // 2 else "isolated"
-            c = _propose(rng, placement, spec, model, cand, cand_sd, vessels)
+            c = _propose(rng, placement, spec, model, cand, cand_sd, cand_fd, vessels)
             if c is None or not grid.contains(c[None])[0]:
                 continue
             if any(np.linalg.norm(c - o.centre) < extent + o.extent + 3.0 for o in placed):
@@ -151,9 +156,10 @@ def place_findings(
             inside, touches = _lung_contact(lung, grid, spec, c, margin=_TOUCH_MM)
             if inside < 0.97:
                 continue
-            if (placement == "juxtapleural" and not touches) or (placement == "isolated" and touches):
+            free = placement in ("isolated", "perifissural")
+            if (placement == "juxtapleural" and not touches) or (free and touches):
                 continue
-            if placement == "isolated" and point_to_tubes_distance(c[None], big)[0] < extent + 1.5:
+            if free and point_to_tubes_distance(c[None], big)[0] < extent + 1.5:
                 continue
             spec.centre, spec.placement = c, placement
             placed.append(spec)

@@ -5,6 +5,8 @@ Presets (see :data:`PRESETS`):
 * ``small``: 128-160 px in-plane at ~2.0-2.6 mm (the field of view still covers the chest), 110-200 slices at
   1.5-2.5 mm (LUNA16 keeps only scans with slices of at most 2.5 mm: at 3-4 mm a 4 mm nodule is one partial-volume
   voxel and cannot be told from a vessel); under a second per scan, for tests and quick demos.
+* ``medium``: 240-352 px in-plane at 0.9-1.4 mm, slices of 1.25-2.5 mm: real-CT density and close to real-CT
+  resolution at a quarter of ``fullsize``'s voxels; what ``make demo`` trains on.
 * ``fullsize``: 512 x 512 in-plane, spacing = field of view / 512 with the field of view fitted to the body
   (0.6-1.0 mm, inside LIDC's range), slices of 1.25-2.5 mm (occasionally 1 mm, sometimes reconstructed thicker than
   their spacing), 110-300 slices covering the lungs plus margins.
@@ -26,6 +28,7 @@ __all__ = [
     "GENERATOR_VERSION",
     "PRESETS",
     "ScanPreset",
+    "add_streaks",
     "apply_scanner",
     "orient",
     "sample_grid",
@@ -34,8 +37,9 @@ __all__ = [
 ]
 
 HU_MIN, HU_MAX = -1024.0, 3071.0
-GENERATOR_VERSION = 2
-"""Bumped when the same seed renders different scans (2: ``small`` slices 1.5-2.5 mm instead of 2.5-4 mm)."""
+GENERATOR_VERSION = 3
+"""Bumped when the same seed renders different scans (3: domains, denser vessel trees reaching the pleura,
+fissures, emphysema and scars, sharp kernels, streaks and motion, barrel-shaped lungs, the ``medium`` preset)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +83,19 @@ PRESETS: dict[str, ScanPreset] = {
         (1.5, 2.5),
         (110, 200),
         (1.0, 0.0, 0.0),
-        TreeParams(attractors=450, step=5.0, r_min=0.6, airway_r_min=1.3),
+        TreeParams(attractors=700, step=4.5, r_min=0.6, airway_r_min=1.3),
+    ),
+    "medium": ScanPreset(
+        "medium",
+        (240, 352),
+        (0.9, 1.4),
+        (1.06, 1.3),
+        (1.25, 1.5, 2.0, 2.5),
+        (0.25, 0.3, 0.3, 0.15),
+        (1.25, 2.5),
+        (90, 300),
+        (0.8, 0.15, 0.05),
+        TreeParams(attractors=5000, step=2.8, r_min=0.5, airway_r_min=1.0),
     ),
     "fullsize": ScanPreset(
         "fullsize",
@@ -91,7 +107,7 @@ PRESETS: dict[str, ScanPreset] = {
         (1.0, 2.5),
         (110, 300),
         (0.75, 0.15, 0.1),
-        TreeParams(attractors=4000, step=2.5, r_min=0.45, airway_r_min=0.9),
+        TreeParams(attractors=8000, step=2.3, r_min=0.45, airway_r_min=0.9),
     ),
 }
 
@@ -210,13 +226,55 @@ def _gaussian_noise_gain(sigmas: np.ndarray, truncate: float = 4.0) -> float:
     return gain
 
 
+def _noise_gain(sigmas: np.ndarray, sharpness: float, sharp_sigmas: np.ndarray) -> float:
+    """Standard deviation of white unit noise after the point-spread blur and the kernel's edge enhancement.
+
+    Without enhancement this is the separable Gaussian's closed form; with it, it is measured once on a small
+    fixed noise volume (its own generator, so the scan's random stream is not consumed).
+    """
+    if sharpness <= 0:
+        return _gaussian_noise_gain(sigmas)
+    probe = np.random.default_rng(0).standard_normal((40, 40, 40)).astype(np.float32)
+    out = ndimage.gaussian_filter(probe, sigma=sigmas.tolist(), mode="wrap")
+    out = (1.0 + sharpness) * out - sharpness * ndimage.gaussian_filter(out, sigma=sharp_sigmas.tolist(), mode="wrap")
+    return float(out.std())
+
+
+def add_streaks(
+    hu: np.ndarray, grid: RenderGrid, rng: np.random.Generator, centre_xy: np.ndarray, slices: range
+) -> None:
+    """Add bone/metal streak artefacts to ``slices`` of ``hu`` (in place, before the scanner blur).
+
+    Each slice gets a few alternating bright and dark lines through a point near ``centre_xy`` (local mm), as
+    photon starvation behind the shoulders or a metal implant gives; they change from slice to slice.
+    """
+    x = grid.axis(0)[:, None]
+    y = grid.axis(1)[None, :]
+    amplitude = rng.uniform(30.0, 120.0)
+    for k in slices:
+        c = np.asarray(centre_xy, dtype=np.float64) + rng.normal(0.0, 15.0, 2)
+        sl = hu[:, :, k]
+        for j in range(int(rng.integers(3, 9))):
+            theta = rng.uniform(0.0, np.pi)
+            dist = np.abs((x - c[0]) * np.sin(theta) - (y - c[1]) * np.cos(theta))
+            width = rng.uniform(0.8, 2.5)
+            sign = 1.0 if j % 2 == 0 else -1.0
+            sl += np.float32(sign * amplitude * rng.uniform(0.4, 1.0)) * np.exp(-0.5 * (dist / width) ** 2)
+
+
 def apply_scanner(
-    hu: np.ndarray, grid: RenderGrid, rng: np.random.Generator, psf_mm: float, noise_hu: float
+    hu: np.ndarray,
+    grid: RenderGrid,
+    rng: np.random.Generator,
+    psf_mm: float,
+    noise_hu: float,
+    sharpness: float = 0.0,
+    motion: tuple[int, int, float] | None = None,
 ) -> np.ndarray:
-    """Blur (point-spread function), add correlated noise and quantise to int16 HU.
+    """Blur (point-spread function), add correlated noise, apply the kernel and motion, quantise to int16 HU.
 
     White noise is added first and blurred together with the image, so it has CT-like grain; its amplitude is
-    scaled so that the noise standard deviation *after* blurring is ``noise_hu``.
+    scaled so that the noise standard deviation of the final image (after any edge enhancement) is ``noise_hu``.
 
     Args:
         hu: (X, Y, Z) float32 HU on ``grid`` (modified in place).
@@ -224,15 +282,31 @@ def apply_scanner(
         rng: random generator.
         psf_mm: in-plane Gaussian blur sigma (mm); along z a third of a slice is added for the slice profile.
         noise_hu: target noise standard deviation (HU).
+        sharpness: edge enhancement of a sharp reconstruction kernel, ``(1 + s) I - s G(1 mm)`` in-plane, which
+            gives the over- and undershoot at edges of lung/bone kernels; 0 is a soft kernel.
+        motion: ``(first_slice, stop_slice, sigma_mm)``: breathing-motion blur along y and z on those slices.
 
     Returns:
         (X, Y, Z) int16 HU clipped to the scanner range [-1024, 3071].
     """
     sp = grid.spacing
+    if motion is not None:  # the patient moves, then the detector adds noise: blur the anatomy, fading in and out
+        k0, k1, sigma_mm = motion
+        slab = hu[:, :, k0:k1]
+        blurred = ndimage.gaussian_filter(slab, sigma=[0.0, sigma_mm / sp[1], sigma_mm / sp[2]], mode="nearest")
+        weight = np.sin(np.linspace(0.0, np.pi, k1 - k0, dtype=np.float32)) ** 2
+        slab += weight * (blurred - slab)
+        del blurred
     sigmas = np.array([max(psf_mm / sp[0], 0.35), max(psf_mm / sp[1], 0.35), max(0.3 * grid.thickness / sp[2], 0.3)])
-    gain = _gaussian_noise_gain(sigmas)
+    sharp_sigmas = np.array([1.0 / sp[0], 1.0 / sp[1], 0.0])
+    gain = _noise_gain(sigmas, sharpness, sharp_sigmas)
     hu += rng.standard_normal(hu.shape, dtype=np.float32) * np.float32(noise_hu / gain)
     out = ndimage.gaussian_filter(hu, sigma=sigmas.tolist(), mode="nearest", truncate=4.0)
+    if sharpness > 0:
+        low = ndimage.gaussian_filter(out, sigma=sharp_sigmas.tolist(), mode="nearest", truncate=3.0)
+        out *= np.float32(1.0 + sharpness)
+        out -= np.float32(sharpness) * low
+        del low
     np.rint(out, out=out)
     np.clip(out, HU_MIN, HU_MAX, out=out)
     return out.astype(np.int16)

@@ -6,7 +6,8 @@ mean pull, and points are consumed once a node comes close. This fills the lung 
 (branching where the pulls diverge, reaching to within a few mm of the pleura). Radii then follow the pipe model
 from the leaves up, ``r_parent^g = sum r_child^g`` (Murray's law, ``g`` = 2.7), starting from the preset's leaf
 radius (0.45 mm at full resolution) and capped at ~2.5-3.2 mm near the hilum, i.e. diameters taper from 5-6 mm
-to about 1 mm, and each terminal branch narrows further to ~0.5 mm at its tip.
+to about 1 mm, and each terminal branch narrows further to ~0.6 mm at its tip. Attraction points reach to 1 mm
+from the pleura, so small vessels fill the periphery.
 Airways run beside the arteries (bronchovascular bundles) down to about 1 mm radius, as air-filled tubes with a
 wall of ~20 % of their radius.
 
@@ -24,7 +25,14 @@ from scipy.spatial import cKDTree
 from pivot_monai.data.synthetic.chest_model import SIDES, ChestModel
 from pivot_monai.data.synthetic.raster import RenderGrid, TubeSet, rasterize_tubes
 
-__all__ = ["TreeParams", "VascularTrees", "draw_trees", "grow_trees", "point_to_tubes_distance"]
+__all__ = [
+    "TreeParams",
+    "VascularTrees",
+    "draw_trees",
+    "grow_trees",
+    "point_to_tubes_distance",
+    "sample_lung_points",
+]
 
 _MURRAY = 2.7
 _AIRWAY_WALL_HU = 10.0
@@ -68,7 +76,7 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-9)
 
 
-def _sample_lung_points(rng: np.random.Generator, model: ChestModel, side: int, n: int, margin: float) -> np.ndarray:
+def sample_lung_points(rng: np.random.Generator, model: ChestModel, side: int, n: int, margin: float) -> np.ndarray:
     """(n, 3) points uniform in the lung on ``side`` at least ``margin`` mm from its boundary."""
     s = SIDES[side]
     lo = np.array([model.mx if s > 0 else -model.cav_a, -model.cav_b, 0.0])
@@ -144,7 +152,7 @@ def _colonise(
 def _pipe_radii(parent: np.ndarray, r_leaf: float, r_cap: float) -> np.ndarray:
     """Node radii from the pipe model: ``r^g`` of ``r_leaf`` leaves summed towards the root, capped at ``r_cap``.
 
-    Leaf nodes themselves get ``0.55 r_leaf`` so that terminal branches taper to a point-like tip.
+    Leaf nodes themselves get ``0.7 r_leaf`` so that terminal branches taper towards their tip.
     """
     acc = [0.0] * len(parent)
     par = parent.tolist()
@@ -157,7 +165,7 @@ def _pipe_radii(parent: np.ndarray, r_leaf: float, r_cap: float) -> np.ndarray:
     radius = np.minimum(np.asarray(acc) ** (1.0 / _MURRAY), r_cap)
     is_leaf = np.ones(len(par), dtype=bool)
     is_leaf[parent[parent >= 0]] = False
-    radius[is_leaf] *= 0.55
+    radius[is_leaf] *= 0.7
     return radius
 
 
@@ -188,13 +196,15 @@ def _airways(
     return TubeSet(a, b, np.minimum(ra, 1.15 * rb), rb, np.full(len(rows), _AIRWAY_WALL_HU))
 
 
-def grow_trees(rng: np.random.Generator, model: ChestModel, params: TreeParams) -> VascularTrees:
+def grow_trees(rng: np.random.Generator, model: ChestModel, params: TreeParams, density: float = 1.0) -> VascularTrees:
     """Grow both lungs' arterial and venous trees with their airways and collect the mediastinal tubes.
 
     Args:
         rng: the scan's random generator.
         model: the chest.
         params: attractor count, step and minimum radii (resolution dependent).
+        density: multiplier on ``params.attractors`` (the patient's vessel density; see
+            :class:`~pivot_monai.data.synthetic.domains.Domain`).
 
     Returns:
         The :class:`VascularTrees` of the chest.
@@ -205,7 +215,8 @@ def grow_trees(rng: np.random.Generator, model: ChestModel, params: TreeParams) 
     for side in (0, 1):
         for artery, hilum in ((True, model.hilum[side]), (False, model.vein_hilum[side])):
             root = _root(model, hilum, side)
-            attractors = _sample_lung_points(rng, model, side, params.attractors, margin=2.0)
+            # attraction points up to 1 mm from the pleura: the trees reach the lung periphery, as in real CT
+            attractors = sample_lung_points(rng, model, side, int(params.attractors * density), margin=1.0)
             nodes, parent = _colonise(rng, model, root, attractors, params.step)
             r_cap = rng.uniform(2.5, 3.2)
             radius = _pipe_radii(parent, params.r_min, r_cap)
