@@ -7,7 +7,8 @@ Layout written by :func:`generate_dataset`::
       annotations.csv                     seriesuid,coordX,coordY,coordZ,diameter_mm,malignancy
       annotations_excluded.csv            seriesuid,coordX,coordY,coordZ,diameter_mm (1.5-3 mm findings)
       seriesuids.csv                      header "seriesuid", one uid per line
-      synthetic_findings.json             per-scan summary incl. nodule type and placement (not part of LUNA16)
+      synthetic_findings.json             per-scan summary incl. nodule type, placement and scanner/domain parameters
+      realism.json, realism.txt           with ``report=True``: measured statistics against real-CT ranges
 
 Scan ``i`` of seed ``s`` draws from ``numpy.random.SeedSequence(s, spawn_key=(i,))``: the same seed gives
 byte-identical files, and a scan does not depend on how many others are generated.
@@ -239,6 +240,22 @@ def generate_scan(
     return scan.array, scan.geometry, scan.nodules, scan.excluded
 
 
+def _scan_job(job: tuple[int, int, str, str, np.ndarray | None, str, bool]) -> tuple[SyntheticScan, dict | None]:
+    """Synthesize scan ``index`` of ``seed`` (a worker's unit of work); with ``report``, also its statistics.
+
+    The volume itself is dropped (the caller only writes it), so a worker returns the image and ground truth once.
+    """
+    index, seed, size, uid, direction, domain, report = job
+    scan = synthesize_scan(scan_rng(seed, index), size, direction=direction, seriesuid=uid, domain=domain)
+    stats = None
+    if report:
+        from pivot_monai.data.synthetic.realism import scan_statistics
+
+        stats = scan_statistics(scan)
+    scan.lung_mask = np.zeros((0, 0, 0), dtype=bool)
+    return scan, stats
+
+
 def generate_dataset(
     output_dir: str | Path,
     num_scans: int,
@@ -248,6 +265,9 @@ def generate_dataset(
     *,
     direction: np.ndarray | None = None,
     preview: str | Path | None = None,
+    domain: str = "train",
+    workers: int = 1,
+    report: bool = False,
 ) -> list[dict[str, Any]]:
     """Write ``num_scans`` synthetic scans as a LUNA16-layout dataset (see module docstring).
 
@@ -255,63 +275,82 @@ def generate_dataset(
         output_dir: dataset root; created if needed. Existing files of the same names are overwritten.
         num_scans: number of scans (>= 1).
         seed: dataset seed; scan ``i`` uses ``SeedSequence(seed, spawn_key=(i,))``.
-        size: ``"small"`` (fast, ~2.3 mm voxels) or ``"fullsize"`` (512 x 512).
+        size: ``"small"`` (fast, ~2.3 mm voxels), ``"medium"`` (~1.1 mm) or ``"fullsize"`` (512 x 512).
         subset: folder name for the scans, as in LUNA16's ``subset0``..``subset9``.
         direction: optional axis-aligned direction matrix for every scan (default identity).
         preview: optional PNG path; renders axial/coronal/sagittal views of the first annotated nodule.
+        domain: generator domain, ``"train"`` or ``"heldout"`` (:mod:`~pivot_monai.data.synthetic.domains`).
+        workers: parallel worker processes (the files do not depend on it).
+        report: also measure every scan and write ``realism.json`` / log the realism report
+            (:mod:`~pivot_monai.data.synthetic.realism`).
 
     Returns:
         One dict per scan: ``uid``, ``path``, ``shape``, ``spacing``, ``origin``, ``n_nodules``, ``n_excluded``,
-        ``findings`` and ``seconds``.
+        ``findings``, ``info`` and ``seconds``.
 
     Raises:
-        ValueError: ``num_scans < 1`` or unknown ``size``.
+        ValueError: ``num_scans < 1``, ``workers < 1``, or an unknown ``size`` or ``domain``.
     """
     if int(num_scans) < 1:
         raise ValueError(f"num_scans must be at least 1, got {num_scans}")
+    if int(workers) < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     if size not in PRESETS:
         raise ValueError(f"size must be one of {sorted(PRESETS)}, got {size!r}")
+    get_domain(domain)
     root = Path(output_dir)
     (root / subset).mkdir(parents=True, exist_ok=True)
+    jobs = [(i, seed, size, make_seriesuid(seed, i), direction, domain, report) for i in range(int(num_scans))]
     summary: list[dict[str, Any]] = []
     all_nodules: list[Nodule] = []
     all_excluded: list[Nodule] = []
-    for index in range(int(num_scans)):
-        uid = make_seriesuid(seed, index)
-        scan = synthesize_scan(scan_rng(seed, index), size, direction=direction, seriesuid=uid)
-        path = write_image(scan.array, scan.geometry, root / subset / f"{uid}.mhd")
-        all_nodules += scan.nodules
-        all_excluded += scan.excluded
-        summary.append(
-            {
-                "uid": uid,
-                "path": str(path),
-                "shape": list(scan.array.shape),
-                "spacing": [round(float(s), 6) for s in scan.geometry.spacing],
-                "origin": [round(float(o), 6) for o in scan.geometry.origin],
-                "n_nodules": len(scan.nodules),
-                "n_excluded": len(scan.excluded),
-                "findings": scan.findings,
-                "seconds": round(scan.info["seconds"], 3),
-            }
-        )
-        logger.info(
-            "scan %d/%d %s: shape %s, spacing %s, %d nodule(s), %.1f s",
-            index + 1,
-            num_scans,
-            uid,
-            scan.array.shape,
-            np.round(scan.geometry.spacing, 3).tolist(),
-            len(scan.nodules),
-            scan.info["seconds"],
-        )
+    stats: list[dict[str, Any]] = []
+    pool = None
+    if int(workers) > 1:
+        import multiprocessing
+
+        pool = multiprocessing.get_context("spawn").Pool(min(int(workers), len(jobs)))
+    results = pool.imap(_scan_job, jobs) if pool is not None else map(_scan_job, jobs)
+    try:
+        for (index, *_), (scan, scan_stats) in zip(jobs, _progress(results, len(jobs))):
+            uid = jobs[index][3]
+            path = write_image(scan.array, scan.geometry, root / subset / f"{uid}.mhd")
+            all_nodules += scan.nodules
+            all_excluded += scan.excluded
+            if scan_stats is not None:
+                stats.append(scan_stats)
+            info = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scan.info.items() if k != "seconds"}
+            summary.append(
+                {
+                    "uid": uid,
+                    "path": str(path),
+                    "shape": list(scan.array.shape),
+                    "spacing": [round(float(v), 6) for v in scan.geometry.spacing],
+                    "origin": [round(float(o), 6) for o in scan.geometry.origin],
+                    "n_nodules": len(scan.nodules),
+                    "n_excluded": len(scan.excluded),
+                    "findings": scan.findings,
+                    "info": info,
+                    "seconds": round(scan.info["seconds"], 3),
+                }
+            )
+            logger.debug("scan %d/%d %s: shape %s, %d nodule(s)", index + 1, num_scans, uid, scan.array.shape,
+                         len(scan.nodules))  # fmt: skip
+    finally:
+        if pool is not None:
+            pool.close()
+            pool.join()
     write_annotations(root / "annotations.csv", all_nodules)
     write_annotations(root / "annotations_excluded.csv", all_excluded, with_malignancy=False)
     (root / "seriesuids.csv").write_text("seriesuid\n" + "".join(f"{s['uid']}\n" for s in summary))
     stable = [{k: v for k, v in s.items() if k not in ("seconds", "path")} for s in summary]
     (root / FINDINGS_NAME).write_text(json.dumps(stable, indent=1) + "\n")
-    manifest = _manifest(int(num_scans), seed, size, subset, direction)
+    if report:
+        _write_report(root, stats)
+    manifest = _manifest(int(num_scans), seed, size, subset, direction, domain)
     (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=1) + "\n")
+    logger.info("%d %s scan(s) of domain %s written to %s (%.0f s of generation)", len(summary), size, domain, root,
+                sum(s["seconds"] for s in summary))  # fmt: skip
     if preview is not None:
         from pivot_monai.data.synthetic.preview import render_preview
 
@@ -319,7 +358,25 @@ def generate_dataset(
     return summary
 
 
-def _manifest(num_scans: int, seed: int, size: str, subset: str, direction: np.ndarray | None) -> dict[str, Any]:
+def _progress(results: Any, total: int) -> Any:
+    """A tqdm progress bar over ``results`` (live on a terminal, quiet otherwise)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(results, total=total, desc="synth", unit="scan", disable=None, leave=False)
+
+
+def _write_report(root: Path, stats: list[dict[str, Any]]) -> None:
+    from pivot_monai.data.synthetic.realism import realism_report
+
+    text, rows = realism_report(stats)
+    (root / "realism.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (root / "realism.txt").write_text(text + "\n")
+    logger.info("%s", text)
+
+
+def _manifest(
+    num_scans: int, seed: int, size: str, subset: str, direction: np.ndarray | None, domain: str
+) -> dict[str, Any]:
     flat = None if direction is None else np.asarray(direction, dtype=float).round(6).reshape(-1).tolist()
     return {
         "generator_version": GENERATOR_VERSION,
@@ -328,6 +385,7 @@ def _manifest(num_scans: int, seed: int, size: str, subset: str, direction: np.n
         "size": size,
         "subset": subset,
         "direction": flat,
+        "domain": domain,
     }
 
 
@@ -338,6 +396,7 @@ def dataset_is_current(
     size: str = "small",
     subset: str = "subset0",
     direction: np.ndarray | None = None,
+    domain: str = "train",
 ) -> bool:
     """Whether ``output_dir`` holds a complete dataset that :func:`generate_dataset` would write now.
 
@@ -348,4 +407,4 @@ def dataset_is_current(
         manifest = json.loads((Path(output_dir) / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return False
-    return manifest == _manifest(int(num_scans), seed, size, subset, direction)
+    return manifest == _manifest(int(num_scans), seed, size, subset, direction, domain)
