@@ -7,6 +7,7 @@ from pivot_monai.handlers.gradients import GradientClipHandler
 from pivot_monai.handlers.nonfinite import NonFiniteGuard
 from pivot_monai.handlers.telemetry import TrainingTelemetryHandler, peak_rss_mb
 from pivot_monai.handlers.validation import (
+    ValidationLossHandler,
     attach_optional,
     build_validation_metrics,
     close_writer,
@@ -20,6 +21,7 @@ __all__ = [
     "GradientClipHandler",
     "NonFiniteGuard",
     "TrainingTelemetryHandler",
+    "ValidationLossHandler",
     "WandbHandler",
     "WeightAverage",
     "attach_optional",

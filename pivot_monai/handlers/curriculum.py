@@ -37,7 +37,8 @@ class StageHandler:
             model.depth)``).
         state: the :class:`~pivot_monai.transforms.stages.StageState` shared with the crop transforms.
         loader: the training loader to rebuild on a stage change; default the engine's current data.
-        summary_writer: optional TensorBoard writer: ``stage/index``, ``stage/min_diameter``, ``stage/batch_size``.
+        summary_writer: optional TensorBoard writer: ``train/stage_index``, ``train/stage_min_diameter``,
+            ``train/stage_batch_size``.
         name: logger name. Default this module's.
 
     Raises:
@@ -108,7 +109,7 @@ class StageHandler:
             what.append(f"batch size {stage.batch_size}")
         self.logger.info("epoch %d: training stage %d: %s", epoch, stage.index, ", ".join(what) or "unchanged")
         if self.writer is not None:
-            self.writer.add_scalar("stage/index", stage.index, epoch)
-            self.writer.add_scalar("stage/min_diameter", stage.min_diameter, epoch)
+            self.writer.add_scalar("train/stage_index", stage.index, epoch)
+            self.writer.add_scalar("train/stage_min_diameter", stage.min_diameter, epoch)
             if stage.batch_size is not None:
-                self.writer.add_scalar("stage/batch_size", stage.batch_size, epoch)
+                self.writer.add_scalar("train/stage_batch_size", stage.batch_size, epoch)

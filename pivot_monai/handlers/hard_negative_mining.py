@@ -58,7 +58,8 @@ class HardNegativeMiningHandler:
         margin_mm: distance beyond a finding's radius that still counts as a hit. Default 0.
         device: device to mine on; default the network's.
         amp: run the network under autocast. Default False.
-        summary_writer: TensorBoard writer for ``mining/pool_size`` and ``mining/false_positives`` (or ``None``).
+        summary_writer: TensorBoard writer for ``train/mining_pool_size`` and ``train/mining_false_positives`` (or
+            ``None``).
         name: logger name.
 
     Raises:
@@ -207,5 +208,5 @@ class HardNegativeMiningHandler:
             "seconds": seconds,
         }
         if self.writer is not None:
-            self.writer.add_scalar("mining/pool_size", len(self.pool), epoch)
-            self.writer.add_scalar("mining/false_positives", mined, epoch)
+            self.writer.add_scalar("train/mining_pool_size", len(self.pool), epoch)
+            self.writer.add_scalar("train/mining_false_positives", mined, epoch)

@@ -1,18 +1,33 @@
-"""TensorBoard telemetry of a training step: loss components, learning rate, gradient norm and memory."""
+"""TensorBoard scalars of training and validation, under one naming scheme: ``train/...`` and ``val/...``.
+
+The trainer's per-iteration scalars (loss and its components, learning rate, gradient norm, memory) are written
+every ``logging.log_interval`` iterations by :class:`TrainingTelemetryHandler`; the evaluator's metrics, validation
+loss included, once per round by :func:`write_validation_scalars` at the trainer's epoch. The tags are listed in
+``bundle/docs/README.md``.
+"""
 
 from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
 from ignite.engine import Events
+from monai.utils import CommonKeys, is_scalar
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["TrainingTelemetryHandler", "peak_rss_mb"]
+__all__ = [
+    "TrainingTelemetryHandler",
+    "every",
+    "metric_tag",
+    "output_loss",
+    "peak_rss_mb",
+    "write_validation_scalars",
+]
 
 
 def peak_rss_mb() -> float:
@@ -20,17 +35,58 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-class TrainingTelemetryHandler:
-    """Write ``train/loss_<component>``, ``train/lr``, ``train/grad_norm`` and memory scalars every ``interval`` steps.
+def metric_tag(name: str) -> str:
+    """The ``val/...`` tag of an evaluator metric: ``val_froc`` -> ``val/froc``, ``val_loss`` -> ``val/loss``."""
+    return "val/" + (name[len("val_") :] if name.startswith("val_") else name)
 
-    The loss components come from ``loss_fn.last_components`` (set by
-    :class:`~pivot_monai.losses.MultiTaskDetectionLoss`); the gradient norm from
-    :class:`~pivot_monai.handlers.gradients.GradientClipHandler`.
+
+def every(interval: int) -> Callable[[Any, int], bool]:
+    """An ignite event filter true every ``interval`` iterations (``logging.log_interval``), for MONAI's
+    ``StatsHandler(iteration_log=...)``.
+
+    Raises:
+        ValueError: ``interval`` < 1.
+    """
+    if int(interval) < 1:
+        raise ValueError(f"logging.log_interval must be >= 1, got {interval}")
+    n = int(interval)
+    return lambda engine, event: event % n == 0
+
+
+def output_loss(output: Any) -> float | None:
+    """The loss of a trainer output (a dict, or MONAI's decollated list of dicts), ``None`` when it has none."""
+    item = output[0] if isinstance(output, list) and output else output
+    loss = item.get(CommonKeys.LOSS) if isinstance(item, dict) else None
+    return None if loss is None else float(loss)
+
+
+def write_validation_scalars(engine: Engine, writer: Any) -> None:
+    """Write every scalar of ``engine.state.metrics`` as ``val/<name>`` at the evaluator's epoch (the trainer's).
+
+    The ``epoch_event_writer`` of MONAI's ``TensorBoardStatsHandler`` on the evaluator (``validate#handlers``).
+    """
+    for name, value in engine.state.metrics.items():
+        if is_scalar(value):
+            writer.add_scalar(metric_tag(name), float(value), engine.state.epoch)
+    writer.flush()
+
+
+class TrainingTelemetryHandler:
+    """Write the trainer's scalars every ``interval`` iterations.
+
+    Tags: ``train/loss`` (the iteration's loss), ``train/loss_detection``, ``train/loss_regression``,
+    ``train/loss_classification`` (from ``loss_fn.last_components``, set by
+    :class:`~pivot_monai.losses.MultiTaskDetectionLoss`), ``train/lr``, ``train/grad_norm`` (from
+    :class:`~pivot_monai.handlers.gradients.GradientClipHandler`), ``train/peak_rss_mb`` and, on CUDA,
+    ``train/cuda_max_allocated_mb``; once per epoch ``train/epoch_lr``.
 
     Args:
         summary_writer: a ``torch.utils.tensorboard.SummaryWriter`` (``None`` on non-zero DDP ranks: no-op).
         loss_fn: the loss module.
         interval: iterations between writes (``logging.log_interval``). Default 10.
+
+    Raises:
+        ValueError: ``interval`` < 1.
     """
 
     def __init__(self, summary_writer: Any, loss_fn: Any = None, interval: int = 10) -> None:
@@ -47,14 +103,18 @@ class TrainingTelemetryHandler:
         if self.writer is None:
             return
         step = engine.state.iteration
+        loss = output_loss(engine.state.output)
+        if loss is not None:
+            self.writer.add_scalar("train/loss", loss, step)
         for name, value in (getattr(self.loss_fn, "last_components", None) or {}).items():
-            self.writer.add_scalar(f"train/loss_{name}", float(value), step)
+            if name != "total":  # the total is train/loss
+                self.writer.add_scalar(f"train/loss_{name}", float(value), step)
         self.writer.add_scalar("train/lr", float(engine.optimizer.param_groups[0]["lr"]), step)
         if getattr(engine.state, "grad_norm", None) is not None:
             self.writer.add_scalar("train/grad_norm", float(engine.state.grad_norm), step)
-        self.writer.add_scalar("memory/peak_rss_mb", peak_rss_mb(), step)
+        self.writer.add_scalar("train/peak_rss_mb", peak_rss_mb(), step)
         if torch.cuda.is_available():
-            self.writer.add_scalar("memory/cuda_max_allocated_mb", torch.cuda.max_memory_allocated() / 2**20, step)
+            self.writer.add_scalar("train/cuda_max_allocated_mb", torch.cuda.max_memory_allocated() / 2**20, step)
 
     def epoch_completed(self, engine: Engine) -> None:
         if self.writer is not None:

@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+import torch.nn.functional as F
+from ignite.engine import Events
 from monai.handlers import IgniteMetricHandler
 
 from pivot_monai.metrics.cumulative import METRIC_NAMES, DetectionMetric, FROCCache
+from pivot_monai.transforms.nodules import NODULE
+from pivot_monai.transforms.targets import TARGET_KEYS, NoduleTargetsd
+
+if TYPE_CHECKING:
+    from ignite.engine import Engine
 
 __all__ = [
+    "ValidationLossHandler",
     "attach_optional",
     "build_validation_metrics",
     "close_writer",
@@ -113,3 +123,130 @@ def close_writer(writer: Any) -> None:
     if writer is not None:
         writer.flush()
         writer.close()
+
+
+class ValidationLossHandler:
+    """The multi-task loss of every validation scan, averaged into ``engine.state.metrics`` once per round.
+
+    The evaluator runs the network in eval mode over whole volumes, so the loss is computed on what it returns: the
+    heatmap and malignancy probabilities are turned back into logits (clamped to ``[eps, 1 - eps]``, so a saturated
+    voxel costs at most what a logit of ``log((1 - eps) / eps)`` ~ 13.8 does) and the diameter is used as is. The
+    targets are made from the scan's instance label and nodule table as the training targets are
+    (:class:`~pivot_monai.transforms.targets.NoduleTargetsd`, without augmentation), zero-padded at the far end to a
+    multiple of ``output_stride``. Each component is the mean over the round's scans (a scan without nodules adds 0
+    to the diameter and malignancy terms, as a nodule-free patch does in training), gathered over DDP ranks.
+
+    Metrics, after each round: ``val_loss`` (the weighted total), ``val_loss_detection``, ``val_loss_regression`` and
+    ``val_loss_classification``. List it before the handlers that log or monitor them (``validate#handlers``).
+
+    Args:
+        loss_fn: a :class:`~pivot_monai.losses.MultiTaskDetectionLoss` (its own instance: ``last_components`` is read).
+        spacing: processed voxel size in mm (``data.target_spacing``). Default (1.5, 1.5, 1.5).
+        sigma_scale: heatmap sigma as a fraction of the radius (``data.heatmap.sigma_scale``). Default 0.5.
+        min_sigma_voxels: smallest heatmap sigma in voxels (``data.heatmap.min_sigma_voxels``). Default 1.0.
+        output_stride: the network's output stride (``model.output_stride``). Default 1.
+        eps: probability clamp of the logit inversion. Default 1e-6.
+        prefix: metric name prefix. Default ``"val_loss"``.
+
+    Raises:
+        ValueError: ``output_stride`` < 1 or ``eps`` outside (0, 0.5).
+    """
+
+    def __init__(
+        self,
+        loss_fn: Any,
+        spacing: Sequence[float] = (1.5, 1.5, 1.5),
+        sigma_scale: float = 0.5,
+        min_sigma_voxels: float = 1.0,
+        output_stride: int = 1,
+        eps: float = 1e-6,
+        prefix: str = "val_loss",
+    ) -> None:
+        if int(output_stride) < 1:
+            raise ValueError(f"model.output_stride must be >= 1, got {output_stride}")
+        if not 0.0 < float(eps) < 0.5:
+            raise ValueError(f"eps must be in (0, 0.5), got {eps}")
+        self.loss_fn, self.stride, self.eps, self.prefix = loss_fn, int(output_stride), float(eps), prefix
+        self.targets = NoduleTargetsd(
+            label_key="label", spacing=spacing, sigma_scale=sigma_scale, min_sigma_vox=min_sigma_voxels
+        )
+        self.sums: dict[str, float] = {}
+        self.count = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self.reset)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+
+    def reset(self, engine: Engine | None = None) -> None:
+        self.sums, self.count = {}, 0
+
+    def __call__(self, engine: Engine) -> None:
+        batch, output = engine.state.batch, engine.state.output
+        batch = batch if isinstance(batch, list) else [batch]
+        output = output if isinstance(output, list) else [output]
+        with torch.no_grad():
+            for item, out in zip(batch, output):
+                components = self.scan_loss(out["pred"], item["label"], item["nodules"])
+                for name, value in components.items():
+                    self.sums[name] = self.sums.get(name, 0.0) + value
+                self.count += 1
+
+    def scan_loss(self, pred: Mapping[str, torch.Tensor], label: Any, nodules: Any) -> dict[str, float]:
+        """The loss components of one scan.
+
+        Args:
+            pred: eval-mode outputs of one scan, each (1, X/s, Y/s, Z/s): ``heatmap`` and ``malignancy``
+                probabilities, ``diameter`` in mm.
+            label: (1, X, Y, Z) instance label (nodule ``label_id`` per voxel).
+            nodules: (M, 7) nodule table (:func:`~pivot_monai.transforms.nodules.nodule_table`).
+
+        Returns:
+            ``{"detection", "regression", "classification", "total"}`` as floats.
+        """
+        heat = torch.as_tensor(pred["heatmap"])
+        logits = {"heatmap": self._logit(heat)}
+        if "diameter" in pred:
+            logits["diameter"] = torch.as_tensor(pred["diameter"])[None].float()
+        if "malignancy" in pred:
+            logits["malignancy"] = self._logit(torch.as_tensor(pred["malignancy"]))
+        targets = self._scan_targets(label, nodules, heat.shape[1:], heat.device)
+        self.loss_fn(logits, targets)
+        return {name: float(value) for name, value in self.loss_fn.last_components.items()}
+
+    def epoch_completed(self, engine: Engine) -> None:
+        import ignite.distributed as idist
+
+        names = sorted(self.sums)
+        totals = torch.tensor([float(self.count)] + [self.sums[n] for n in names], dtype=torch.float64)
+        if idist.get_world_size() > 1:
+            totals = idist.all_reduce(totals)
+        count = float(totals[0])
+        if count == 0:
+            return
+        for name, value in zip(names, totals[1:].tolist()):
+            key = self.prefix if name == "total" else f"{self.prefix}_{name}"
+            engine.state.metrics[key] = value / count
+
+    def _logit(self, prob: torch.Tensor) -> torch.Tensor:
+        return torch.logit(prob[None].float().clamp(self.eps, 1.0 - self.eps))
+
+    def _scan_targets(
+        self, label: Any, nodules: Any, pred_shape: Sequence[int], device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        table = np.asarray(torch.as_tensor(nodules).detach().cpu(), dtype=np.float32).reshape(-1, 7)
+        rows = table[(table[:, 5] == NODULE) & (table[:, 6] > 0)]
+        ids = rows[:, 6].astype(np.int64)
+        size = int(ids.max(initial=0)) + 1
+        diameters, malignancy = np.zeros(size, np.float32), np.full(size, -1.0, np.float32)
+        diameters[ids], malignancy[ids] = rows[:, 3], rows[:, 4]
+        label = torch.as_tensor(label).detach().cpu()
+        made = self.targets({"label": label, "nodule_diameters": diameters, "nodule_malignancy": malignancy})
+        size = list(label.shape[1:])
+        if [math.ceil(n / self.stride) for n in size] != list(pred_shape):
+            raise ValueError(
+                f"validation prediction shape {list(pred_shape)} does not match the label shape {size} at "
+                f"model.output_stride {self.stride} (expected the label shape / stride, rounded up)"
+            )
+        pad = [p for n in reversed(size) for p in (0, math.ceil(n / self.stride) * self.stride - n)]
+        return {k: F.pad(torch.as_tensor(made[k])[None].float(), pad).to(device) for k in TARGET_KEYS}

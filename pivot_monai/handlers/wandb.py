@@ -7,7 +7,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Events
-from monai.utils import optional_import
+from monai.utils import is_scalar, optional_import
+
+from pivot_monai.handlers.telemetry import metric_tag, output_loss
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -19,6 +21,8 @@ _INSTALL_HINT = "pip install wandb (or pip install 'pivot-monai[wandb]'), or set
 
 class WandbHandler:
     """Log the trainer loss every ``interval`` iterations and the evaluator metrics every epoch to a wandb run.
+
+    The keys are the TensorBoard tags: ``train/loss``, ``train/lr`` and ``val/<metric>`` (``val/froc``, ``val/loss``).
 
     Args:
         project: wandb project. Default ``"pivot"``.
@@ -57,18 +61,16 @@ class WandbHandler:
             evaluator.add_event_handler(Events.EPOCH_COMPLETED, self.log_metrics, trainer)
 
     def log_loss(self, engine: Engine) -> None:
-        output = engine.state.output
-        loss = (
-            output[0]["loss"] if isinstance(output, list) else output.get("loss") if isinstance(output, dict) else None
-        )
+        loss = output_loss(engine.state.output)
         if loss is not None:
             self.run.log(
-                {"train_loss": float(loss), "lr": float(engine.optimizer.param_groups[0]["lr"])},
+                {"train/loss": loss, "train/lr": float(engine.optimizer.param_groups[0]["lr"])},
                 step=engine.state.iteration,
             )
 
     def log_metrics(self, evaluator: Engine, trainer: Engine) -> None:
-        self.run.log({k: float(v) for k, v in evaluator.state.metrics.items()}, step=trainer.state.iteration)
+        metrics = {metric_tag(k): float(v) for k, v in evaluator.state.metrics.items() if is_scalar(v)}
+        self.run.log(metrics, step=trainer.state.iteration)
 
     def close(self, engine: Engine | None = None) -> None:
         self.run.finish()

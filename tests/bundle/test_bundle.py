@@ -60,6 +60,9 @@ def test_training_workflow_has_required_properties(tiny_processed):
 
 def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(tiny_processed, tmp_path):
     bundle_root = tmp_path / "bundle"
+    overrides = list(TINY_OVERRIDES)
+    # 2 iterations an epoch (2 scans of 2 crops a batch): the per-iteration scalars are written at iterations 2 and 4
+    overrides[overrides.index("--logging#log_interval") + 1] = "2"
     res = _bundle(
         "run",
         "training",
@@ -71,7 +74,7 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
         str(tiny_processed),
         "--training#epochs",
         "2",
-        *TINY_OVERRIDES,
+        *overrides,
     )
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
@@ -86,16 +89,19 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
     acc = EventAccumulator(str(bundle_root / "logs"), size_guidance={"scalars": 0, "images": 0})
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
-    assert {
-        "train_loss",
-        "train/loss_detection",
-        "train/loss_regression",
-        "train/lr",
-        "train/grad_norm",
-        "val_froc",
-        "val_detection_dice",
-    } <= tags, tags
-    assert len(acc.Scalars("val_froc")) == 2
+    per_iteration = {"train/loss", "train/loss_detection", "train/loss_regression", "train/loss_classification"}
+    per_iteration |= {"train/lr", "train/grad_norm", "train/peak_rss_mb"}
+    val_loss = {"val/loss", "val/loss_detection", "val/loss_regression", "val/loss_classification"}
+    val_metrics = {"val/froc", "val/detection_dice", "val/center_accuracy", "val/size_accuracy"}
+    assert per_iteration | val_loss | val_metrics | {"train/epoch_lr"} <= tags, tags
+    assert all(tag.startswith(("train/", "val/")) for tag in tags), tags  # no train_loss, val_froc, memory/...
+    for tag in per_iteration:  # logging#log_interval throttles every per-iteration scalar
+        assert [e.step for e in acc.Scalars(tag)] == [2, 4], tag
+    for tag in val_loss | val_metrics:  # once per validation round, at the trainer's epoch
+        assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
+    assert all(e.value > 0 for e in acc.Scalars("val/loss_detection"))
+    assert "val_loss_detection" in log  # the evaluator's StatsHandler prints the loss with the metrics
+    assert log.count("train_loss: ") == 2  # the console's iteration lines are throttled too (iterations 2 and 4)
 
     import torch
 

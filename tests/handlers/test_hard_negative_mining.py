@@ -173,11 +173,11 @@ def test_handler_pools_only_false_positives_and_logs_them():
     pool = handler.pool
     assert pool.seriesuids() == ["scan-0", "scan-1"]
     assert pool.get("scan-0") == [(FP_VOX, pytest.approx(0.8))]  # nodule peak is a hit, the weak peak too low
-    assert [s for s in writer.scalars if s[0] == "mining/false_positives"] == [
-        ("mining/false_positives", 2, 2),
-        ("mining/false_positives", 2, 4),
+    assert [s for s in writer.scalars if s[0] == "train/mining_false_positives"] == [
+        ("train/mining_false_positives", 2, 2),
+        ("train/mining_false_positives", 2, 4),
     ]
-    assert ("mining/pool_size", 2.0, 4) in writer.scalars
+    assert ("train/mining_pool_size", 2.0, 4) in writer.scalars
     seconds = engine.state.mining.pop("seconds")
     assert engine.state.mining == {"false_positives": 2, "pool_size": 2, "scans": 2}
     assert 0 < seconds <= handler.total_seconds  # two rounds timed, the last one in the state
