@@ -1,0 +1,177 @@
+"""Synthetic generator domains, pathology background, scanner kernels and the realism report."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from pivot_monai.data.synthetic import generate_dataset, scan_rng, synthesize_scan
+from pivot_monai.data.synthetic.chest_sampling import sample_chest_model
+from pivot_monai.data.synthetic.domains import DOMAINS, draw, get_domain
+from pivot_monai.data.synthetic.nodules import sample_findings
+from pivot_monai.data.synthetic.pathology import emphysema_tubes, scar_tubes
+from pivot_monai.data.synthetic.raster import RenderGrid, TubeSet
+from pivot_monai.data.synthetic.realism import REFERENCES, realism_report, scan_statistics, vessel_volumes
+from pivot_monai.data.synthetic.scanner import apply_scanner
+
+DISJOINT = ("noise_hu", "sharpness", "vessel_density", "fat_mm", "lung_hu")
+
+
+def _bands(value):
+    return value if isinstance(value[0], tuple) else (value,)
+
+
+def _overlap(a, b) -> bool:
+    return any(lo1 < hi2 and lo2 < hi1 for lo1, hi1 in _bands(a) for lo2, hi2 in _bands(b))
+
+
+@pytest.mark.parametrize("axis", [*DISJOINT, "ggo_hu"])
+def test_heldout_domain_is_disjoint_from_training(axis):
+    assert not _overlap(getattr(DOMAINS["train"], axis), getattr(DOMAINS["heldout"], axis))
+
+
+def test_unknown_domain_is_a_clear_error():
+    with pytest.raises(ValueError, match="synthetic domain must be one of \\['heldout', 'train'\\], got 'test'"):
+        get_domain("test")
+    with pytest.raises(ValueError, match="domain"):
+        synthesize_scan(0, "small", domain="test")
+
+
+def test_draw_stays_in_its_bands(rng):
+    bands = ((-760.0, -650.0), (-350.0, -250.0))
+    values = [draw(rng, bands) for _ in range(400)]
+    assert all(-760 <= v <= -650 or -350 <= v <= -250 for v in values)
+    assert min(values) < -650 and max(values) > -350  # both bands are used
+
+
+def test_domains_change_scans_but_each_is_deterministic():
+    train_a = synthesize_scan(scan_rng(3, 0), "small", domain="train")
+    train_b = synthesize_scan(scan_rng(3, 0), "small", domain="train")
+    held = synthesize_scan(scan_rng(3, 0), "small", domain="heldout")
+    assert np.array_equal(train_a.array, train_b.array)
+    assert train_a.info["domain"] == "train" and held.info["domain"] == "heldout"
+    assert not np.array_equal(train_a.array, held.array)
+    assert 40.0 <= held.info["noise_hu"] <= 60.0 and held.info["sharpness"] >= 0.7
+
+
+def test_heldout_ground_glass_sits_at_the_far_ends(rng):
+    kinds = [s for _ in range(300) for s in sample_findings(rng, DOMAINS["heldout"]) if s.kind == "ground-glass"]
+    assert kinds
+    assert all(-760 <= s.hu <= -650 or -350 <= s.hu <= -250 for s in kinds)
+
+
+def test_placements_include_perifissural_and_juxtavascular(rng):
+    counts = Counter(s.placement for _ in range(300) for s in sample_findings(rng) if not s.excluded)
+    assert set(counts) == {"isolated", "juxtapleural", "juxtavascular", "perifissural"}
+
+
+def test_some_tiny_excluded_findings_are_calcified_granulomas(rng):
+    excluded = [s for _ in range(400) for s in sample_findings(rng) if s.excluded]
+    calcified = [s for s in excluded if s.kind == "calcified"]
+    assert 0.2 < len(calcified) / len(excluded) < 0.5
+    assert all(s.hu >= 300 for s in calcified)
+
+
+def test_oblique_fissure_points_have_zero_distance(rng):
+    model = sample_chest_model(rng)
+    fis = model.fissures[0]
+    x, y = np.array([model.mx - 0.5 * model.cav_a]), np.array([0.0])
+    slope = (fis.z_post - fis.z_ant) / (model.cav_b + model.cav_b_post)
+    lateral = np.clip(-(x - model.mx) / model.cav_a, 0, 1)
+    z = fis.z_ant + slope * (y + model.cav_b) + fis.curve * (1 - (2 * lateral - 1) ** 2)
+    assert model.fissure_distance(np.c_[x, y, z])[0] < 1e-6
+    assert model.fissure_distance(np.c_[x, y, z + 5.0])[0] == pytest.approx(5.0 / np.sqrt(1 + slope**2), abs=1e-6)
+
+
+def test_perifissural_proposals_touch_a_fissure(rng):
+    from pivot_monai.data.synthetic.nodules import sample_nodule
+    from pivot_monai.data.synthetic.placement import _propose
+    from pivot_monai.data.synthetic.vessels import sample_lung_points
+
+    model = sample_chest_model(rng)
+    cand = np.concatenate([sample_lung_points(rng, model, side, 4000, margin=1.0) for side in (0, 1)])
+    sd, fd = model.lung_sd(cand)[0], model.fissure_distance(cand)
+    spec = sample_nodule(rng, 6.0)
+    centres = [_propose(rng, "perifissural", spec, model, cand, sd, fd, TubeSet.empty()) for _ in range(20)]
+    centres = np.array([c for c in centres if c is not None])
+    assert len(centres) > 0
+    assert np.all(np.abs(model.fissure_distance(centres) - spec.radius) < 1.0)
+
+
+def test_emphysema_holes_stay_inside_the_lungs():
+    rng = np.random.default_rng(0)
+    domain = DOMAINS["heldout"]
+    for _ in range(10):
+        model = sample_chest_model(rng, domain)
+        holes = emphysema_tubes(rng, model, domain)
+        if len(holes):
+            assert np.all(model.lung_sd(holes.a)[0] > holes.ra)
+            return
+    pytest.fail("no emphysema drawn in 10 held-out chests (probability 0.5)")
+
+
+def test_scars_are_short_soft_tissue_bands(rng):
+    model = sample_chest_model(rng)
+    scars = scar_tubes(rng, model, DOMAINS["heldout"], soft_tissue=40.0)
+    if len(scars):
+        assert np.all(scars.value <= 40.0) and np.all(scars.ra <= 1.4)
+
+
+@pytest.mark.parametrize("sharpness", [0.0, 1.0])
+def test_scanner_noise_matches_its_target_with_any_kernel(sharpness):
+    grid = RenderGrid(np.zeros(3), np.array([0.7, 0.7, 1.25]), (64, 64, 48), 1.25)
+    hu = np.full(grid.shape, -850.0, dtype=np.float32)
+    out = apply_scanner(hu, grid, np.random.default_rng(1), psf_mm=0.6, noise_hu=40.0, sharpness=sharpness)
+    assert out[8:-8, 8:-8, 8:-8].std() == pytest.approx(40.0, rel=0.1)
+
+
+def test_sharp_kernel_overshoots_at_edges():
+    grid = RenderGrid(np.zeros(3), np.array([0.7, 0.7, 1.25]), (64, 16, 8), 1.25)
+    hu = np.full(grid.shape, -900.0, dtype=np.float32)
+    hu[32:] = 40.0
+    soft = apply_scanner(hu.copy(), grid, np.random.default_rng(1), 0.6, 0.1, sharpness=0.0)
+    sharp = apply_scanner(hu.copy(), grid, np.random.default_rng(1), 0.6, 0.1, sharpness=1.0)
+    assert soft[:, 8, 4].max() <= 41 and sharp[:, 8, 4].max() > 60  # overshoot above the tissue value
+    assert sharp[:, 8, 4].min() < -920  # and undershoot below the lung
+
+
+def test_vessel_volumes_split_at_five_square_mm():
+    thin = TubeSet(np.zeros((1, 3)), np.array([[10.0, 0, 0]]), np.array([1.0]), np.array([1.0]), np.zeros(1))
+    thick = TubeSet(np.zeros((1, 3)), np.array([[10.0, 0, 0]]), np.array([2.0]), np.array([2.0]), np.zeros(1))
+    tbv, bv5 = vessel_volumes(thin.concat(thick))
+    assert tbv == pytest.approx(np.pi * 10 * (1 + 4) / 1000)
+    assert bv5 == pytest.approx(np.pi * 10 / 1000)
+
+
+def test_realism_report_prints_every_statistic_with_its_source(tmp_path):
+    generate_dataset(tmp_path, 2, seed=4, size="small", report=True, workers=2)
+    rows = json.loads((tmp_path / "realism.json").read_text())
+    assert [r["key"] for r in rows] == [r.key for r in REFERENCES]
+    text = (tmp_path / "realism.txt").read_text()
+    for ref in REFERENCES:
+        assert ref.label in text and ref.source in text
+    for row in rows:
+        lo, hi, v = row["low"], row["high"], row["value"]
+        assert row["inside"] == ((lo is None or v >= lo) and (hi is None or v <= hi))
+
+
+def test_workers_do_not_change_the_files(tmp_path):
+    generate_dataset(tmp_path / "one", 2, seed=8, size="small", workers=1)
+    generate_dataset(tmp_path / "two", 2, seed=8, size="small", workers=2)
+    for name in ("annotations.csv", "synthetic_findings.json"):
+        assert (tmp_path / "one" / name).read_text() == (tmp_path / "two" / name).read_text()
+    raws = sorted((tmp_path / "one" / "subset0").glob("*.raw"))
+    assert raws and all((tmp_path / "two" / "subset0" / r.name).read_bytes() == r.read_bytes() for r in raws)
+
+
+def test_scan_statistics_measure_lungs_and_vessels():
+    scan = synthesize_scan(scan_rng(2, 0), "small")
+    stats = scan_statistics(scan)
+    assert -950 < stats["mld_hu"] < -700
+    assert 0 < stats["tbv_ml"] and 0 < stats["bv5_tbv"] < 1
+    assert 0 < stats["within_10mm_pct"] <= 100
+    text, _ = realism_report([stats])
+    assert "Realism report over 1 scan(s)" in text
