@@ -47,6 +47,20 @@ def test_early_stopping_stops_when_the_monitor_does_not_improve(tiny_processed, 
     assert trainer.state.epoch == 2
 
 
+def test_early_stopping_can_monitor_the_validation_loss(tiny_processed, tmp_path):
+    stop = {"patience": 1, "min_delta": 10.0, "monitor": "val_loss", "mode": "min"}
+    wf = _workflow(
+        tiny_processed,
+        tmp_path,
+        **{"training#epochs": 4, **{f"training#early_stopping#{k}": v for k, v in stop.items()}},
+    )
+    wf.run()
+    trainer = wf.parser.get_parsed_content("train#trainer")
+    metrics = wf.parser.get_parsed_content("validate#evaluator").state.metrics
+    wf.finalize()
+    assert trainer.state.epoch == 2 and metrics["val_loss"] > 0
+
+
 def test_wandb_logs_offline_when_installed(tiny_processed, tmp_path):
     pytest.importorskip("wandb")
     wdir = tmp_path / "wandb_runs"
