@@ -1,15 +1,17 @@
-"""Configuration files: the bundle defaults, YAML loading, deep merge and key validation.
+"""The one place configs are loaded, layered, validated and sectioned.
 
 The guide's sections (``data``, ``model``, ``training``, ``augmentation``, ``validation``, ``checkpointing``,
 ``logging``, ``device``, ``inference``) live in ``bundle/configs/train.yaml`` next to the MONAI components that use
 them. A user file holding only the keys they change is deep-merged over those defaults; an unknown key is an error
-that names it and suggests the closest valid one.
+that names it and suggests the closest valid one. :func:`load_config` is what every entry point runs on (``pivot
+train``, ``infer``, ``evaluate``, ``preprocess``); :func:`load_sections` gives its guide sections.
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,15 @@ import yaml
 __all__ = [
     "BUNDLE_DIR",
     "GUIDE_SECTIONS",
+    "INFERENCE_SECTIONS",
     "ConfigKeyError",
     "deep_merge",
     "default_config_path",
+    "expand_paths",
+    "load_config",
     "load_layered",
+    "load_section",
+    "load_sections",
     "load_yaml",
     "validate_keys",
 ]
@@ -38,6 +45,8 @@ GUIDE_SECTIONS = (
     "device",
     "inference",
 )
+INFERENCE_SECTIONS = ("data", "model", "inference", "device")
+_OUTPUT_KEYS = (("checkpointing", "dir"), ("logging", "log_dir"))
 # keys whose values are free-form mappings (user kwargs, stage lists): their children are not validated
 _FREE_FORM = {"model.kwargs", "training.curriculum.stages", "training.progressive.stages", "logging.wandb.init_kwargs"}
 
@@ -99,13 +108,7 @@ def load_layered(paths: list[str | Path]) -> dict[str, Any]:
     """
     merged: dict[str, Any] = {}
     for path in paths:
-        for key, value in load_yaml(path).items():
-            if "#" in str(key):
-                _set_path(merged, str(key), value)
-            elif isinstance(value, dict) and isinstance(merged.get(key), dict):
-                merged[key] = deep_merge(merged[key], value)
-            else:
-                merged[key] = copy.deepcopy(value)
+        merged = deep_merge(merged, expand_paths(load_yaml(path)))
     return merged
 
 
@@ -126,3 +129,88 @@ def validate_keys(user: dict[str, Any], reference: dict[str, Any], prefix: str =
             continue
         if isinstance(value, dict) and isinstance(reference[key], dict):
             validate_keys(value, reference[key], prefix=f"{path}.", source=source)
+
+
+def expand_paths(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with MONAI's ``#``-separated keys (``data#patch_size: ...``) turned into nested mappings.
+
+    Mappings given for the same section merge (deeply), in file order.
+    """
+    out: dict[str, Any] = {}
+    for key, value in config.items():
+        if "#" in str(key):
+            _set_path(out, str(key), value)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_config(
+    config: str | Path | dict[str, Any] | None = None,
+    *,
+    base_configs: Sequence[str | Path] | None = None,
+    experiment_name: str | None = None,
+) -> dict[str, Any]:
+    """The merged config every entry point runs on: the bundle defaults, then the user's keys on top, validated.
+
+    The user file holds only the keys it changes (the guide's "Minimal Configuration"), as nested mappings or with
+    MONAI's ``#`` paths (``data#patch_size``, as in ``bundle/configs/demo.yaml``); mappings are deep-merged. A file
+    that is one of the base configs is taken as it is.
+
+    Args:
+        config: the user's YAML file or mapping; ``None``: the defaults only.
+        base_configs: the bundle configs layered first, in order. Default: ``bundle/configs/train.yaml``.
+        experiment_name: a sub-folder appended to ``checkpointing.dir`` and ``logging.log_dir``. Default none.
+
+    Returns:
+        The merged config (``$``/``@`` expressions left as strings for the bundle parser).
+
+    Raises:
+        FileNotFoundError: a config file does not exist.
+        ConfigKeyError: a user key the defaults do not have (the message suggests the closest valid key).
+        ValueError: a file is not a mapping at top level.
+    """
+    bases = [Path(p) for p in (base_configs or [default_config_path()])]
+    merged = load_layered([p for p in bases if p.exists() or base_configs])
+    if config is not None:
+        is_base = not isinstance(config, dict) and any(Path(config).resolve() == b.resolve() for b in bases)
+        if not is_base:
+            user = expand_paths(config if isinstance(config, dict) else load_yaml(config))
+            validate_keys(user, merged, source="config" if isinstance(config, dict) else str(config))
+            merged = deep_merge(merged, user)
+    if experiment_name:
+        for section, key in _OUTPUT_KEYS:
+            value = merged[section][key]
+            merged[section][key] = (
+                f"{value} + '/{experiment_name}'" if str(value).startswith("$") else str(Path(value) / experiment_name)
+            )
+    return merged
+
+
+def load_sections(
+    config: str | Path | dict[str, Any] | None = None, names: Sequence[str] = INFERENCE_SECTIONS
+) -> dict[str, dict[str, Any]]:
+    """The sections ``names`` of :func:`load_config` (``pivot infer``/``evaluate``/``preprocess`` read these).
+
+    Only literal values are meaningful outside the bundle parser; ``$``/``@`` expressions stay strings.
+
+    Raises:
+        ValueError: a section is not a mapping.
+        ConfigKeyError, FileNotFoundError: as :func:`load_config`.
+    """
+    merged = load_config(config)
+    out = {}
+    for name in names:
+        section = merged.get(name) or {}
+        if not isinstance(section, dict):
+            raise ValueError(f"{config or default_config_path()}: section '{name}' must be a mapping, got "
+                             f"{type(section).__name__}")
+        out[name] = section
+    return out
+
+
+def load_section(name: str, config: str | Path | dict[str, Any] | None = None) -> dict[str, Any]:
+    """One section of :func:`load_sections`, e.g. ``load_section("data", "bundle/configs/demo.yaml")``."""
+    return load_sections(config, (name,))[name]

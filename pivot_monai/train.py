@@ -1,64 +1,33 @@
-"""Seed-style training entry point: ``pivot train --config my_train.yaml [--experiment-name NAME]``.
+"""Training from a user config: ``pivot train --config my_train.yaml [--experiment-name NAME]``.
 
-The user file holds only the keys they change (the guide's "Minimal Configuration"). It is validated against the
-bundle defaults (``bundle/configs/train.yaml``): an unknown key is an error naming it and the closest valid key. It
-is deep-merged over the defaults, written next to the outputs as ``config_resolved.yaml`` for provenance, and run
-through the same MONAI bundle workflow as ``python -m monai.bundle run training``.
+The user file holds only the keys they change (the guide's "Minimal Configuration"); :func:`~pivot_monai.config.
+load_config` validates it against the bundle defaults and deep-merges it over them. :func:`train` writes the merged
+config next to the outputs as ``config_resolved.yaml`` for provenance and runs it through the same MONAI bundle
+workflow as ``python -m monai.bundle run training``.
 
-Also runnable as ``python -m pivot_monai.train --config ...``.
+Also runnable as ``python -m pivot_monai.train --config ...`` (e.g. under ``torchrun``).
 """
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from pivot_monai.config import deep_merge, default_config_path, load_yaml, validate_keys
+from pivot_monai.config import default_config_path, load_config
 
-__all__ = ["add_train_arguments", "build_training_config", "main", "run_train", "run_training_workflow"]
-
-logger = logging.getLogger(__name__)
-
-_OUTPUT_KEYS = (("checkpointing", "dir"), ("logging", "log_dir"))
+__all__ = ["run_training_workflow", "train"]
 
 
-def build_training_config(
-    user_config: str | Path | dict[str, Any] | None,
-    experiment_name: str | None = None,
-    base_configs: Sequence[str | Path] | None = None,
-) -> dict[str, Any]:
-    """The merged config: bundle defaults (``base_configs``, in order) then the user's keys on top.
-
-    ``experiment_name`` appends a sub-folder to ``checkpointing.dir`` and ``logging.log_dir``.
+def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: Mapping[str, Any] | None = None) -> Any:
+    """Run the bundle's ``training`` workflow on an in-memory config (initialize -> training -> finalize).
 
     Raises:
-        ConfigKeyError: a user key that the defaults do not have (with a suggestion).
+        ValueError: the config lacks a property the bundle's train workflow requires.
     """
-    bases = [Path(p) for p in (base_configs or [default_config_path("train.yaml")])]
-    merged: dict[str, Any] = {}
-    for base in bases:
-        merged = deep_merge(merged, load_yaml(base))
-    if user_config is not None:
-        user = user_config if isinstance(user_config, dict) else load_yaml(user_config)
-        validate_keys(user, merged, source=str(user_config) if not isinstance(user_config, dict) else "config")
-        merged = deep_merge(merged, user)
-    if experiment_name:
-        for section, key in _OUTPUT_KEYS:
-            value = merged[section][key]
-            merged[section][key] = (
-                f"{value} + '/{experiment_name}'" if str(value).startswith("$") else str(Path(value) / experiment_name)
-            )
-    return merged
-
-
-def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: dict[str, Any] | None = None) -> Any:
-    """Run the bundle's ``training`` workflow on an in-memory config (initialize -> training -> finalize)."""
     from monai.bundle import ConfigWorkflow
 
     config_dir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +39,7 @@ def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: d
         logging_file=str(default_config_path("logging.conf")),
         workflow_type="train",
         run_id="training",
-        **(overrides or {}),
+        **dict(overrides or {}),
     )
     workflow.initialize()
     missing = workflow.check_properties()
@@ -81,45 +50,39 @@ def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: d
     return workflow
 
 
-def add_train_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="YAML with the keys to change (merged over bundle/configs/train.yaml); None = defaults only",
-    )
-    p.add_argument(
-        "--experiment-name",
-        default=None,
-        help="sub-folder of checkpointing.dir and logging.log_dir for this run's outputs",
-    )
-    p.add_argument(
-        "--base-config",
-        type=Path,
-        action="append",
-        default=None,
-        help="bundle config(s) to merge the user file over, in order (default: bundle train.yaml)",
-    )
-    p.add_argument("--bundle-root", default=None, help="override bundle_root (paths in the config are relative to it)")
-    p.add_argument("--dataset-dir", default=None, help="override dataset_dir (the processed data root)")
+def train(
+    config: str | Path | dict[str, Any] | None = None,
+    *,
+    experiment_name: str | None = None,
+    base_configs: Sequence[str | Path] | None = None,
+    bundle_root: str | None = None,
+    dataset_dir: str | None = None,
+) -> Any:
+    """Train the detector from a user config merged over the bundle defaults.
 
+    Args:
+        config: the user's YAML (only the keys to change) or mapping; ``None``: the defaults.
+        experiment_name: sub-folder of ``checkpointing.dir`` and ``logging.log_dir`` (and of ``<bundle_root>/runs``
+            where ``config_resolved.yaml`` goes). Default ``None``.
+        base_configs: bundle configs to merge the user file over, in order. Default ``bundle/configs/train.yaml``.
+        bundle_root: override ``bundle_root`` (paths in the config are relative to it).
+        dataset_dir: override ``dataset_dir`` (the processed data root).
 
-def run_train(args: argparse.Namespace) -> int:
-    config = build_training_config(args.config, args.experiment_name, args.base_config)
-    overrides = {k: v for k, v in (("bundle_root", args.bundle_root), ("dataset_dir", args.dataset_dir)) if v}
-    config.update(overrides)
-    out_root = (
-        Path(args.bundle_root or config.get("bundle_root", "bundle")) / "runs" / (args.experiment_name or "default")
-    )
-    run_training_workflow(config, out_root)
-    return 0
+    Returns:
+        The finished MONAI ``ConfigWorkflow``.
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    from pivot_monai.cli import main as cli_main
-
-    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
+    Raises:
+        ConfigKeyError: an unknown key (the message suggests the closest valid key).
+        FileNotFoundError: a config file does not exist.
+    """
+    merged = load_config(config, base_configs=base_configs, experiment_name=experiment_name)
+    overrides = {k: v for k, v in (("bundle_root", bundle_root), ("dataset_dir", dataset_dir)) if v}
+    merged.update(overrides)
+    out_root = Path(bundle_root or merged.get("bundle_root", "bundle")) / "runs" / (experiment_name or "default")
+    return run_training_workflow(merged, out_root)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pivot_monai.cli import main
+
+    sys.exit(main(["train", *sys.argv[1:]]))

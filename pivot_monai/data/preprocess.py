@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,15 +31,18 @@ from pivot_monai.data.lungs import lung_box
 
 __all__ = [
     "ANTIALIAS_MODES",
+    "CropPlan",
     "PreprocessConfig",
     "PreprocessedScan",
     "ScanError",
     "crop_box",
     "nodule_label_volume",
+    "plan_crop",
     "preprocess_image",
     "preprocess_scan",
     "raw_geometry",
     "read_for_preprocessing",
+    "resample_crop",
     "residual_variance",
     "shrink_factors",
 ]
@@ -321,57 +323,102 @@ def raw_geometry(raw: sitk.Image | BinnedScan) -> Geometry:
     return raw.raw_geometry if isinstance(raw, BinnedScan) else Geometry.from_sitk(raw)
 
 
+@dataclass
+class CropPlan:
+    """The first half of :func:`preprocess_image`: the shrunk scan and the output grid it is resampled onto.
+
+    Attributes:
+        shrunk: the scan after the first low-pass step (:func:`shrink_factors`), in its stored pixel type.
+        factors: the bin size per axis (x, y, z).
+        raw_geometry: the geometry of the scan as stored.
+        target: the output grid: the lung box plus margin at ``target_spacing``.
+        crop_start: start index of the crop in the full resampled grid.
+        lung_found: whether a lung mask was found (else the whole scan is kept).
+    """
+
+    shrunk: sitk.Image
+    factors: np.ndarray
+    raw_geometry: Geometry
+    target: Geometry
+    crop_start: tuple[int, int, int]
+    lung_found: bool
+
+
+def plan_crop(
+    raw: sitk.Image | BinnedScan,
+    cfg: PreprocessConfig,
+    must_include_world: np.ndarray | None = None,
+    must_include_radius_mm: np.ndarray | None = None,
+) -> CropPlan:
+    """Shrink the scan where it is finer than the target and decide the output grid (the lung box plus margin).
+
+    Args:
+        raw: the scan in HU as read by :func:`pivot_monai.data.io.read_sitk`, float32 or its stored integer type
+            (``as_float=False``), or already binned by :func:`read_for_preprocessing` (the same result).
+        cfg: preprocessing settings.
+        must_include_world: (N, 3) world points the crop must contain (annotated nodules).
+        must_include_radius_mm: (N,) radius around each of those points.
+
+    Returns:
+        The plan :func:`resample_crop` finishes; ``plan.target.size`` is the size of the image it will return.
+    """
+    raw_geom = raw_geometry(raw)
+    if isinstance(raw, BinnedScan):
+        shrunk, factors = raw.image, raw.factors
+    else:
+        factors = shrink_factors(raw_geom.spacing, np.asarray(cfg.target_spacing), np.asarray(raw_geom.size))
+        shrunk = _shrink(raw, factors)
+    target, start, found = crop_box(raw_geom, cfg, must_include_world, must_include_radius_mm, source=shrunk)
+    return CropPlan(shrunk, np.asarray(factors), raw_geom, target, start, found)
+
+
+def resample_crop(plan: CropPlan, cfg: PreprocessConfig) -> PreprocessedScan:
+    """The second half of :func:`preprocess_image`: low-pass, resample and HU-window the planned crop.
+
+    Only the cropped region is cast to float32, smoothed by the rest of the ``"gaussian"`` blur
+    (:func:`residual_variance`) and resampled (linear) onto ``plan.target``.
+    """
+    roi = _raw_roi(plan.shrunk, plan.target)
+    if roi.GetPixelID() != sitk.sitkFloat32:
+        roi = sitk.Cast(roi, sitk.sitkFloat32)
+    if cfg.antialias == "gaussian":
+        variance = residual_variance(plan.raw_geometry.spacing, np.asarray(cfg.target_spacing), plan.factors)
+        roi = _smooth_residual(roi, variance)
+    resampled = _linear(roi, plan.target)
+    hu = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)  # read only, `resampled` outlives it
+    lo, hi = cfg.hu_window
+    # in place on one (x, y, z) array: the same float32 operations as ((clip(hu) - lo) / (hi - lo)), one buffer
+    # instead of five temporaries of the crop's size
+    image = np.empty(hu.shape, dtype=np.float32)
+    np.clip(hu, lo, hi, out=image)
+    image -= lo
+    image /= hi - lo
+    return PreprocessedScan(image, plan.target, plan.raw_geometry, plan.crop_start, plan.lung_found)
+
+
 def preprocess_image(
     raw: sitk.Image | BinnedScan,
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
-    on_target: Callable[[Geometry], None] | None = None,
 ) -> PreprocessedScan:
-    """Lung crop, resample and HU-window one raw scan.
+    """Lung crop, resample and HU-window one raw scan: :func:`plan_crop`, then :func:`resample_crop`.
+
+    Axes downsampled more than 1.5x are first averaged over ``round(ratio)`` voxels (:func:`shrink_factors`) in the
+    scan's stored type, so an integer scan's image differs from its float32 copy's by the rounding of those averages
+    to whole HU (at most 0.5 HU before windowing). Callers that act between the two halves (``pivot infer`` sizes the
+    network's memory from the planned grid) call them in turn.
 
     Args:
-        raw: the scan in HU as read by :func:`pivot_monai.data.io.read_sitk`, float32 or its stored integer type
-            (``as_float=False``), or already binned by :func:`read_for_preprocessing` (the same result). Axes
-            downsampled more than 1.5x are first averaged over ``round(ratio)`` voxels (:func:`shrink_factors`) in
-            that type, so an integer scan's image differs from its float32 copy's by the rounding of those averages
-            to whole HU (at most 0.5 HU before windowing). The lung mask, the crop and the resampling work on that
-            shrunk copy; only the cropped region is cast to float32, smoothed by the rest of the ``"gaussian"`` blur
-            (:func:`residual_variance`) and resampled.
+        raw: the scan (see :func:`plan_crop`).
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain (annotated nodules).
         must_include_radius_mm: (N,) radius around each of those points.
-        on_target: called with the output grid as soon as the crop is decided, before the resampling (``pivot
-            infer`` sizes the network's memory with it).
 
     Returns:
         The processed image with its geometry in the raw scan's world frame.
     """
-    target_spacing = np.asarray(cfg.target_spacing)
-    raw_geom = raw_geometry(raw)
-    if isinstance(raw, BinnedScan):
-        shrunk, factors = raw.image, raw.factors
-    else:
-        factors = shrink_factors(raw_geom.spacing, target_spacing, np.asarray(raw_geom.size))
-        shrunk = _shrink(raw, factors)
-    target, start, found = crop_box(raw_geom, cfg, must_include_world, must_include_radius_mm, source=shrunk)
-    if on_target is not None:
-        on_target(target)
-    roi = _raw_roi(shrunk, target)
-    if roi.GetPixelID() != sitk.sitkFloat32:
-        roi = sitk.Cast(roi, sitk.sitkFloat32)
-    if cfg.antialias == "gaussian":
-        roi = _smooth_residual(roi, residual_variance(raw_geom.spacing, target_spacing, factors))
-    resampled = _linear(roi, target)
-    hu = sitk.GetArrayViewFromImage(resampled).transpose(2, 1, 0)  # read only, `resampled` outlives it
-    lo, hi = cfg.hu_window
-    # in place on one (x, y, z) array: the same float32 operations as ((clip(hu) - lo) / (hi - lo)), one buffer
-    # instead of five temporaries of the crop's size (fresh memory a new process faults in)
-    image = np.empty(hu.shape, dtype=np.float32)
-    np.clip(hu, lo, hi, out=image)
-    image -= lo
-    image /= hi - lo
-    return PreprocessedScan(image, target, raw_geom, start, found)
+    return resample_crop(plan_crop(raw, cfg, must_include_world, must_include_radius_mm), cfg)
 
 
 def nodule_label_volume(geometry: Geometry, nodules: list[Nodule]) -> np.ndarray:

@@ -29,15 +29,15 @@ import SimpleITK as sitk
 from pivot_monai.data.annotations import Nodule
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.raw_dataset import discover_raw_dataset
-from pivot_monai.inference.pipeline import InferencePipeline, prefault_memory
+from pivot_monai.inference.pipeline import InferencePipeline
 from pivot_monai.inference.postprocess import sphere_mask
 from pivot_monai.inference.predictor import Predictor
+from pivot_monai.inference.settings import InferenceSettings
 from pivot_monai.metrics import (
     LUNA16_FP_RATES,
     ScanCandidates,
     compute_froc,
     detection_dice,
-    plot_froc,
     summarize_detection,
     write_submission_csv,
 )
@@ -159,18 +159,32 @@ def write_per_nodule(path: Path, records: list, annotations: Mapping[str, list[N
     return path
 
 
+def _predict_cases(
+    pipeline: InferencePipeline, cases: list[EvalCase], threshold: float | None
+) -> tuple[dict[str, ScanCandidates], dict[str, float], list[dict[str, str]]]:
+    """Candidates per scan, the detection Dice of scans with a label, and the failed scans (never raises)."""
+    items = [{"image": str(c.scan), "seriesuid": c.seriesuid} for c in cases]
+    labels = {c.seriesuid: c.label for c in cases}
+    candidates: dict[str, ScanCandidates] = {}
+    dice: dict[str, float] = {}
+    failed = []
+    for item, result in pipeline.predict_many(items):
+        if isinstance(result, str):
+            failed.append({"seriesuid": item["seriesuid"], "path": item["image"], "error": result})
+            continue
+        candidates[result.seriesuid] = result.candidates
+        label = labels[result.seriesuid]
+        if label is not None and threshold is not None:
+            dice[result.seriesuid] = scan_detection_dice(label, result.candidates, threshold)
+    return candidates, dice, failed
+
+
 def evaluate(
     model: Any,
     data_dir: str | Path,
     output_dir: str | Path,
+    settings: InferenceSettings | None = None,
     *,
-    data: Mapping[str, Any] | None = None,
-    model_cfg: Mapping[str, Any] | None = None,
-    inference: Mapping[str, Any] | None = None,
-    device: Any = None,
-    tta: bool | None = None,
-    device_cfg: Mapping[str, Any] | None = None,
-    amp: bool | None = None,
     bootstrap: int = 1000,
     seed: int = 0,
     threshold: float | None = 0.5,
@@ -179,17 +193,11 @@ def evaluate(
     """Run the detector over ``data_dir``; write ``metrics.json``, ``froc.png``, ``candidates.csv``, ``per_nodule.csv``.
 
     Args:
-        model: ``.pt`` checkpoint (with ``model_cfg``), ``.ts``, ``.onnx`` or a network/callable.
+        model: ``.pt`` checkpoint (built with ``settings.model``), ``.ts``, ``.onnx`` or a network/callable.
         data_dir: processed split folder or raw LUNA16-style folder (module docstring).
         output_dir: output folder.
-        data: ``data`` config section (preprocessing, ``patch_size``). Default: the defaults.
-        model_cfg: ``model`` config section for a checkpoint. Default: the defaults.
-        inference: ``inference`` config section (window, decoding, ``tta``). Default: the defaults.
-        device: ``cpu``/``cuda``/``torch.device``. Default CPU.
-        tta: force test-time augmentation on/off; ``None`` follows the config.
-        device_cfg: ``device`` config section: mixed precision (see
-            :func:`~pivot_monai.inference.predictor.inference_autocast`). Default: none.
-        amp: force mixed precision on/off; ``None`` follows ``device_cfg``.
+        settings: the run's settings (:meth:`~pivot_monai.inference.settings.InferenceSettings.from_config`).
+            Default: the defaults on the CPU.
         bootstrap: scan-level bootstrap resamples for the 95 % CIs (seeded); 0 disables. Default 1000.
         seed: bootstrap seed. Default 0.
         threshold: operating probability of the per-nodule metrics and of the detection Dice spheres. Default 0.5.
@@ -203,29 +211,18 @@ def evaluate(
         FileNotFoundError: ``data_dir`` or the model file does not exist.
         RuntimeError: every scan failed.
     """
+    from pivot_monai.metrics.plots import plot_froc  # matplotlib, only here
+
     out = Path(output_dir)
     cases = discover_cases(data_dir)
-    predictor = Predictor.from_config(
-        model, data, model_cfg, inference, device=device, tta=tta, device_cfg=device_cfg, amp=amp
-    )
-    pipeline = InferencePipeline(predictor, data, inference, prefault=prefault_memory(device_cfg))
+    settings = settings or InferenceSettings()
+    pipeline = InferencePipeline(Predictor.from_settings(model, settings), settings)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    by_uid = {c.seriesuid: c for c in cases}
-    items = [{"image": str(c.scan), "seriesuid": c.seriesuid} for c in cases]
-    candidates: dict[str, ScanCandidates] = {}
-    dice: dict[str, float] = {}
-    failed = []
-    for item, result in pipeline.predict_many(items):
-        if isinstance(result, str):
-            failed.append({"seriesuid": item["seriesuid"], "path": item["image"], "error": result})
-            continue
-        candidates[result.seriesuid] = result.candidates
-        label = by_uid[result.seriesuid].label
-        if label is not None and threshold is not None:
-            dice[result.seriesuid] = scan_detection_dice(label, result.candidates, threshold)
+    candidates, dice, failed = _predict_cases(pipeline, cases, threshold)
     if not candidates:
         raise RuntimeError(f"all {len(cases)} scan(s) of {data_dir} failed; first error: {failed[0]['error']}")
+    by_uid = {c.seriesuid: c for c in cases}
     uids = list(candidates)
     annotations = {u: by_uid[u].nodules for u in uids}
     froc = compute_froc(
@@ -237,8 +234,7 @@ def evaluate(
         bootstrap=int(bootstrap),
         seed=seed,
     )
-    rating = pipeline.preprocess.malignancy_threshold
-    metrics = summarize_detection(froc, threshold=threshold, rating_threshold=rating)
+    metrics = summarize_detection(froc, threshold=threshold, rating_threshold=settings.preprocess.malignancy_threshold)
     metrics["detection_dice"] = float(np.mean(list(dice.values()))) if dice else None
     metrics.update(
         fp_rates=list(LUNA16_FP_RATES),

@@ -29,8 +29,8 @@ import torch
 import torch.nn as nn
 from monai.utils import optional_import
 
-from pivot_monai.inference.predictor import load_model
 from pivot_monai.networks import OUTPUT_KEYS
+from pivot_monai.networks.checkpoint import load_model
 
 __all__ = ["EXPORT_FORMATS", "ExportError", "export_model", "export_onnx", "export_torchscript"]
 
@@ -58,7 +58,7 @@ class _TupleOutputs(nn.Module):
 
 
 def _eager(checkpoint: str | Path | nn.Module, model_cfg: Mapping[str, Any] | None) -> nn.Module:
-    net = load_model(checkpoint, model_cfg, "cpu", channels_last=False, fuse_norm=False)  # the trained modules
+    net = load_model(checkpoint, model_cfg, "cpu", channels_last=False)  # the trained modules, as they are
     if not isinstance(net, nn.Module) or isinstance(net, torch.jit.ScriptModule):
         raise ValueError(f"{checkpoint}: export needs a training checkpoint (.pt) or an eager nn.Module")
     return net.eval()

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 
 from pivot_monai.inference.tta import IDENTITY, TTASettings, augment, invert
-from pivot_monai.networks.cpu_inference import OneDNNConvolutions
+from pivot_monai.host import forward_context
 
 __all__ = ["FittedWindowInferer", "TTAInferer", "fit_roi"]
 
@@ -199,13 +199,11 @@ class FittedWindowInferer(Inferer):
 
         The input is zero-padded at the far end to at least the window and to a multiple of ``stride`` (MONAI would
         pad a small input at both ends, which shifts maps of a network with an output stride > 1 by a fraction of a
-        voxel), and the outputs are cropped back to ``ceil(size / stride)``. On the CPU the network's convolutions run
-        on oneDNN whatever the window's batch (:class:`~pivot_monai.networks.cpu_inference.OneDNNConvolutions`).
+        voxel), and the outputs are cropped back to ``ceil(size / stride)``. The forwards run in the host's
+        :func:`~pivot_monai.host.forward_context` for the input's device.
         """
-        if inputs.device.type == "cpu":
-            with OneDNNConvolutions():
-                return self._infer(inputs, network, *args, **kwargs)
-        return self._infer(inputs, network, *args, **kwargs)
+        with forward_context(inputs.device):
+            return self._infer(inputs, network, *args, **kwargs)
 
     def _infer(self, inputs: torch.Tensor, network: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         size = tuple(int(n) for n in inputs.shape[2:])

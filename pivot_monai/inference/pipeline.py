@@ -32,13 +32,12 @@ from tqdm import tqdm
 
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import find_scans, read_sitk, seriesuid_from_path, volume_to_sitk
-from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
-from pivot_monai.engines.prefault import HeapPrefault, heap_free_bytes
-from pivot_monai.engines.runtime import heap_keeps_freed
-from pivot_monai.inference.decode import DecodeSettings, decode_peaks, output_to_input_index
+from pivot_monai.data.preprocess import plan_crop, read_for_preprocessing, resample_crop
+from pivot_monai.inference.decode import decode_peaks, output_to_input_index
 from pivot_monai.inference.predictor import Predictor
-from pivot_monai.inference.previews import write_previews
-from pivot_monai.metrics import ScanCandidates, write_submission_csv
+from pivot_monai.inference.settings import InferenceSettings
+from pivot_monai.metrics.detection import ScanCandidates
+from pivot_monai.metrics.froc import write_submission_csv
 
 __all__ = [
     "CANDIDATES_NAME",
@@ -47,7 +46,6 @@ __all__ = [
     "ScanPrediction",
     "heatmap_on_raw_grid",
     "infer_scans",
-    "prefault_memory",
     "scan_datalist",
 ]
 
@@ -138,33 +136,25 @@ class InferencePipeline:
 
     Args:
         predictor: the loaded detector with its sliding window.
-        data: ``data`` config section (preprocessing). Default: the defaults.
-        inference: ``inference`` config section (decoding). Default: the defaults.
+        settings: the run's settings (preprocessing, decoding, host tuning). Default: the defaults.
         save_heatmap: write ``<uid>_heatmap.nii.gz`` on the raw grid. Default False.
         save_previews: write ``previews/<uid>_<rank>.png`` for the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
-        prefault: on the CPU, once a scan's lung crop is known, fault in the memory its forward will need on another
-            core while the rest of the preprocessing runs (:class:`~pivot_monai.engines.prefault.HeapPrefault`;
-            ``device.prefault_memory``). Only where the heap keeps freed memory (``device.reuse_freed_memory``
-            applied). Default True.
     """
 
     def __init__(
         self,
         predictor: Predictor,
-        data: Mapping[str, Any] | None = None,
-        inference: Mapping[str, Any] | None = None,
+        settings: InferenceSettings | None = None,
         *,
         save_heatmap: bool = False,
         save_previews: bool = False,
         num_previews: int = 5,
-        prefault: bool = True,
     ) -> None:
         self.predictor = predictor
-        self.preprocess = PreprocessConfig.from_data_section(dict(data or {}))
-        self.decode = DecodeSettings.from_config(inference)
+        self.config = settings or InferenceSettings()
+        self.preprocess, self.decode = self.config.preprocess, self.config.decode
         self.save_heatmap, self.save_previews, self.num_previews = save_heatmap, save_previews, int(num_previews)
-        self.prefault = bool(prefault)
 
     def predict(self, path: str | Path, seriesuid: str | None = None, keep_raw: bool | None = None) -> ScanPrediction:
         """Candidates of one scan.
@@ -174,9 +164,8 @@ class InferencePipeline:
             seriesuid: its id. Default: from the path.
             keep_raw: keep the raw scan in :attr:`ScanPrediction.raw`. Default: when heatmaps or previews are
                 written. Otherwise a plain ``.mhd`` is read straight into its binned copy
-                (:func:`~pivot_monai.data.preprocess.read_for_preprocessing`: the whole 0.13 GB of a fullsize scan is
-                never copied), and what was read is released before the network runs, so the network's activations
-                reuse its memory.
+                (:func:`~pivot_monai.data.preprocess.read_for_preprocessing`), and what was read is released before
+                the network runs, so the network's activations reuse its memory.
 
         Raises:
             CTReadError: the scan cannot be read as CT (the message names the file).
@@ -186,20 +175,30 @@ class InferencePipeline:
         keep = (self.save_heatmap or self.save_previews) if keep_raw is None else bool(keep_raw)
         t = [time.perf_counter()]
         # heatmaps and previews need the whole scan; otherwise a plain .mhd is read straight into its binned copy
-        source = read_sitk(path, as_float=False) if keep else read_for_preprocessing(path, self.preprocess)
+        source = read_for_preprocessing(path, self.preprocess) if not keep else read_sitk(path, as_float=False)
         t.append(time.perf_counter())
-        with self._prefault() as prefault:
-            scan = preprocess_image(source, self.preprocess, on_target=lambda grid: prefault.start(
-                self._forward_bytes(grid.size)
-            ))  # fmt: skip
+        plan = plan_crop(source, self.preprocess)
+        # the forward's memory is faulted in on another core while the planned crop is resampled
+        with self.config.host.prefault(self.predictor.forward_bytes(plan.target.size)):
+            scan = resample_crop(plan, self.preprocess)
         if not scan.lung_found:
             logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
         raw = source if keep else None
-        del source
+        del source, plan
         t.append(time.perf_counter())
         maps = self.predictor(torch.from_numpy(scan.image)[None, None])
         s = self.predictor.stride()
         t.append(time.perf_counter())
+        cands, index = self._decode(path, maps, scan.geometry, s)
+        t.append(time.perf_counter())
+        names = ("read", "preprocess", "network", "decode")
+        seconds = {n: round(b - a, 3) for n, a, b in zip(names, t[:-1], t[1:])}
+        return ScanPrediction(uid, path, cands, index, scan.geometry, maps, s, raw, seconds)
+
+    def _decode(
+        self, path: Path, maps: dict[str, torch.Tensor], geometry: Geometry, stride: int
+    ) -> tuple[ScanCandidates, np.ndarray]:
+        """Peaks of the maps as world-mm candidates and their (K, 3) processed-voxel indices."""
         heat = maps["heatmap"]
         if float(heat.min()) < 0.0 or float(heat.max()) > 1.0:
             logger.warning(
@@ -209,28 +208,13 @@ class InferencePipeline:
                 float(heat.max()),
             )
             maps["heatmap"] = heat = heat.clamp(0.0, 1.0)
-        decoded = decode_peaks(
-            heat, maps["diameter"], maps["malignancy"], self.decode, tuple(scan.geometry.spacing * s)
-        )
-        index = output_to_input_index(decoded["index"], s).reshape(-1, 3)
-        world = scan.geometry.index_to_world(index).reshape(-1, 3)
+        decoded = decode_peaks(heat, maps["diameter"], maps["malignancy"], self.decode, tuple(geometry.spacing * stride))
+        index = output_to_input_index(decoded["index"], stride).reshape(-1, 3)
+        world = geometry.index_to_world(index).reshape(-1, 3)
         cands = ScanCandidates(
             world, np.clip(decoded["score"], 0.0, 1.0), decoded["diameter_mm"], np.clip(decoded["malignancy"], 0.0, 1.0)
         )
-        t.append(time.perf_counter())
-        names = ("read", "preprocess", "network", "decode")
-        seconds = {n: round(b - a, 3) for n, a, b in zip(names, t[:-1], t[1:])}
-        return ScanPrediction(uid, path, cands, index, scan.geometry, maps, s, raw, seconds)
-
-    def _prefault(self) -> HeapPrefault:
-        """Faults in the coming forward's memory on another core once :meth:`HeapPrefault.start` is called."""
-        return HeapPrefault(self.prefault and self.predictor.device.type == "cpu" and heap_keeps_freed())
-
-    def _forward_bytes(self, size: Sequence[int]) -> int:
-        """The forward's largest maps for a volume of ``size``; 0 when the heap holds that much free already (in a
-        folder, the previous scan's forward)."""
-        need = self.predictor.forward_bytes(size)
-        return need if (heap_free_bytes() or 0) < need else 0
+        return cands, index
 
     def predict_many(self, items: Sequence[Mapping[str, str]]) -> Iterator[tuple[Mapping[str, str], Any]]:
         """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed; never raises."""
@@ -250,6 +234,8 @@ class InferencePipeline:
                 heatmap_on_raw_grid(pred), str(output_dir / f"{pred.seriesuid}_heatmap.nii.gz"), useCompression=True
             )
         if self.save_previews and len(pred.candidates):
+            from pivot_monai.inference.previews import write_previews  # matplotlib, only when previews are asked for
+
             write_previews(pred.raw, pred.seriesuid, pred.candidates, output_dir / "previews", self.num_previews)
 
     def run(self, inputs: Any, output_dir: str | Path, *, raise_on_failure: bool = False) -> dict[str, Any]:
@@ -316,10 +302,9 @@ class InferencePipeline:
         return report
 
     def settings(self) -> dict[str, Any]:
-        """The preprocessing, decoding and TTA settings in effect (for the report)."""
+        """The preprocessing, decoding, TTA and host settings in effect (for the report)."""
         return {
-            "preprocess": self.preprocess.to_dict(),
-            "decode": vars(self.decode),
+            **self.config.to_dict(),
             "tta": self.predictor.tta.names,
             "roi_size": list(self.predictor.roi_size),
             "output_stride": self.predictor.output_stride,
@@ -327,32 +312,12 @@ class InferencePipeline:
         }
 
 
-def prefault_memory(device_cfg: Mapping[str, Any] | None) -> bool:
-    """``device.prefault_memory`` (default true): whether :class:`InferencePipeline` prefaults the forward's memory.
-
-    Raises:
-        ValueError: the value is not a boolean.
-    """
-    value = dict(device_cfg or {}).get("prefault_memory", True)
-    if not isinstance(value, bool):
-        raise ValueError(f"device.prefault_memory must be true or false, got {value!r}")
-    return value
-
-
 def infer_scans(
     inputs: str | Path | Sequence[str | Path],
     output_dir: str | Path,
     model: Any,
+    settings: InferenceSettings | None = None,
     *,
-    data: Mapping[str, Any] | None = None,
-    model_cfg: Mapping[str, Any] | None = None,
-    inference: Mapping[str, Any] | None = None,
-    device: str | torch.device | None = None,
-    tta: bool | None = None,
-    overlap: float | None = None,
-    sw_batch_size: int | None = None,
-    device_cfg: Mapping[str, Any] | None = None,
-    amp: bool | None = None,
     save_heatmap: bool = False,
     save_previews: bool = False,
     num_previews: int = 5,
@@ -363,18 +328,8 @@ def infer_scans(
     Args:
         inputs: ``.mhd``/NIfTI files, DICOM folders, or folders holding them (searched recursively).
         output_dir: output folder.
-        model: ``.pt`` checkpoint (with ``model_cfg``), ``.ts``, ``.onnx``, or a network/callable.
-        data: ``data`` config section: ``patch_size`` and the preprocessing keys. Default: the defaults.
-        model_cfg: ``model`` config section, for a checkpoint. Default: the defaults.
-        inference: ``inference`` config section (window, decoding, ``tta``). Default: the defaults.
-        device: ``cpu`` or ``cuda``. Default CPU.
-        tta: force test-time augmentation on/off; ``None`` follows ``inference.tta.enabled``.
-        overlap: sliding-window overlap; ``None`` follows ``inference.overlap``.
-        sw_batch_size: windows per forward; ``None`` follows ``inference.sw_batch_size``.
-        device_cfg: ``device`` config section: mixed precision (``mixed_precision``, ``amp_dtype``,
-            ``force_cpu_amp``; see :func:`~pivot_monai.inference.predictor.inference_autocast`) and
-            ``prefault_memory`` (:class:`InferencePipeline`'s ``prefault``). Default: none.
-        amp: force mixed precision on/off; ``None`` follows ``device_cfg``.
+        model: ``.pt`` checkpoint (built with ``settings.model``), ``.ts``, ``.onnx``, or a network/callable.
+        settings: the run's settings (:meth:`InferenceSettings.from_config`). Default: the defaults on the CPU.
         save_heatmap: write ``<uid>_heatmap.nii.gz`` aligned with the raw scan. Default False.
         save_previews: write PNG previews of the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
@@ -387,25 +342,12 @@ def infer_scans(
         FileNotFoundError: an input or the model file does not exist.
         ValueError: a bad model file or config value.
     """
-    predictor = Predictor.from_config(
-        model,
-        data,
-        model_cfg,
-        inference,
-        device=device,
-        tta=tta,
-        overlap=overlap,
-        sw_batch_size=sw_batch_size,
-        device_cfg=device_cfg,
-        amp=amp,
-    )
+    settings = settings or InferenceSettings()
     pipeline = InferencePipeline(
-        predictor,
-        data,
-        inference,
+        Predictor.from_settings(model, settings),
+        settings,
         save_heatmap=save_heatmap,
         save_previews=save_previews,
         num_previews=num_previews,
-        prefault=prefault_memory(device_cfg),
     )
     return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)

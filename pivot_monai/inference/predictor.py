@@ -1,13 +1,7 @@
-"""Load a trained detector (checkpoint, TorchScript or ONNX) and predict dense maps over a whole volume.
+"""Dense maps over a whole volume from any loaded detector.
 
-:func:`load_model` accepts
-
-* a training checkpoint ``model.pt`` (the network ``state_dict``, or ``{"model": state_dict}``) plus the ``model``
-  config section it was trained with (or an already built network to load it into);
-* a TorchScript file ``model.ts`` (``torch.jit.load``; no PIVOT training code needed);
-* an ONNX file ``model.onnx`` run by onnxruntime (outputs mapped back to ``heatmap``, ``diameter``, ``malignancy``).
-
-:class:`Predictor` runs any of them with MONAI's :class:`~monai.inferers.SlidingWindowInferer` (dict outputs, maps at
+:class:`Predictor` runs a network loaded by :func:`~pivot_monai.networks.checkpoint.load_model` (checkpoint,
+TorchScript or ONNX) with MONAI's :class:`~monai.inferers.SlidingWindowInferer` (dict outputs, maps at
 ``1 / output_stride`` of the input resolution) and optional test-time augmentation (:mod:`pivot_monai.inference.tta`).
 """
 
@@ -24,192 +18,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 from monai.inferers import Inferer
-from monai.utils import optional_import
 
 from pivot_monai.inference.inferers import FittedWindowInferer, TTAInferer
+from pivot_monai.inference.settings import InferenceSettings
 from pivot_monai.inference.tta import TTASettings
-from pivot_monai.networks import OUTPUT_KEYS, build_network
-from pivot_monai.networks.cpu_inference import fuse_activations, fuse_batch_norm
+from pivot_monai.networks import OUTPUT_KEYS
+from pivot_monai.networks.checkpoint import load_model, resolve_device
 
-__all__ = [
-    "OnnxModel",
-    "Predictor",
-    "inference_autocast",
-    "load_checkpoint",
-    "load_model",
-    "load_state_dict",
-    "resolve_device",
-]
+__all__ = ["Predictor"]
 
 logger = logging.getLogger(__name__)
-
-TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript")
-ONNX_SUFFIXES = (".onnx",)
-_WRAPPER_KEYS = ("model", "state_dict", "network")
-_ORT_HINT = "pip install onnxruntime (or pip install 'pivot-monai[export]')"
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``torch.device`` for ``device`` (default CPU); an unavailable CUDA device falls back to CPU with a warning.
-
-    Raises:
-        ValueError: an unparsable device string.
-    """
-    if device is None:
-        return torch.device("cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        logger.warning("device %s requested but CUDA is not available; running on CPU", dev)
-        return torch.device("cpu")
-    return dev
-
-
-def load_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
-    """The network ``state_dict`` stored in ``checkpoint`` (bare, or wrapped as ``{"model": ...}``).
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file is not a PyTorch checkpoint holding a state dict.
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (expected the model.pt written by training)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
-        raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
-            f"pass a .ts file with --model for TorchScript, .onnx for ONNX"
-        ) from err
-    for key in _WRAPPER_KEYS:
-        if isinstance(obj, Mapping) and isinstance(obj.get(key), Mapping):
-            obj = obj[key]
-            break
-    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(
-            f"{path}: expected a network state_dict (or {{'model': state_dict}}), got {type(obj).__name__}"
-        )
-    return dict(obj)
-
-
-def load_checkpoint(network: nn.Module, checkpoint: str | Path) -> nn.Module:
-    """Load ``checkpoint`` into ``network`` (strictly) and return it in eval mode.
-
-    Raises:
-        ValueError: the weights do not fit the network; the message names the file and the first mismatches.
-    """
-    state = load_state_dict(checkpoint)
-    try:
-        network.load_state_dict(state, strict=True)
-    except RuntimeError as err:
-        detail = " ".join(str(err).split())[:400]
-        raise ValueError(
-            f"{checkpoint}: weights do not match the network built from the `model` config ({detail}); use the "
-            f"model section the checkpoint was trained with (--config, or model#base_filters/depth/output_stride)"
-        ) from err
-    return network.eval()
-
-
-class OnnxModel:
-    """An ONNX detector run by onnxruntime, called like the PyTorch network.
-
-    Args:
-        path: ``.onnx`` file.
-        device: ``cuda`` uses the CUDA execution provider when onnxruntime has it. Default CPU.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: onnxruntime cannot load it.
-    """
-
-    def __init__(self, path: str | Path, device: torch.device | None = None) -> None:
-        ort, has_ort = optional_import("onnxruntime")
-        if not has_ort:
-            raise ImportError(f"running {path} needs onnxruntime: {_ORT_HINT}")
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: ONNX model not found")
-        providers = ["CPUExecutionProvider"]
-        if device is not None and device.type == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types
-            raise ValueError(f"{self.path}: onnxruntime cannot load it ({err})") from err
-        self.input_name = self.session.get_inputs()[0].name
-        names = [o.name for o in self.session.get_outputs()]
-        if set(OUTPUT_KEYS) <= set(names):
-            self.output_names = list(OUTPUT_KEYS)
-        elif len(names) >= len(OUTPUT_KEYS):
-            logger.info("%s: outputs %s read in order as %s", self.path, names, list(OUTPUT_KEYS))
-            self.output_names = names[: len(OUTPUT_KEYS)]
-        else:
-            raise ValueError(f"{self.path}: expected {len(OUTPUT_KEYS)} outputs {list(OUTPUT_KEYS)}, got {names}")
-
-    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """(B, 1, X, Y, Z) image -> dict of (B, 1, X/s, Y/s, Z/s) maps on ``x``'s device."""
-        outputs = self.session.run(self.output_names, {self.input_name: x.detach().cpu().float().numpy()})
-        return {k: torch.from_numpy(np.asarray(v)).to(x.device) for k, v in zip(OUTPUT_KEYS, outputs)}
-
-
-def load_model(
-    model: str | Path | nn.Module | Callable,
-    model_cfg: Mapping[str, Any] | None = None,
-    device: str | torch.device | None = None,
-    network: nn.Module | None = None,
-    channels_last: bool = True,
-    fuse_norm: bool = True,
-) -> Callable[[torch.Tensor], Any]:
-    """A callable detector from a checkpoint, TorchScript or ONNX file (by suffix), or a module as is.
-
-    Args:
-        model: ``.pt``/``.pth`` checkpoint, ``.ts`` TorchScript, ``.onnx`` file, or an ``nn.Module``/callable.
-        model_cfg: ``model`` config section used to build the network for a checkpoint. Default: the defaults.
-        device: where to run it. Default CPU.
-        network: an already built network to load a checkpoint into (instead of building one from ``model_cfg``).
-        channels_last: put a checkpoint-built or TorchScript network in ``channels_last_3d`` memory format
-            (``device.channels_last``; 1.3-1.9x faster 3D convolutions on the CPUs measured in ``benchmarks/``).
-            Default True.
-        fuse_norm: fold each batch norm of a checkpoint-built network into the convolution before it
-            (:func:`~pivot_monai.networks.cpu_inference.fuse_batch_norm`; the same outputs to about 1e-6, one pass
-            less per activation), and the ReLU/LeakyReLU after it into a oneDNN post-op on CPU
-            (:func:`~pivot_monai.networks.cpu_inference.fuse_activations`; bitwise the same). Default True.
-
-    Returns:
-        The model in eval mode on ``device``; called on a (B, 1, X, Y, Z) tensor it returns the dict (or tuple) of
-        maps ``heatmap``, ``diameter``, ``malignancy``.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be loaded, or a checkpoint does not fit the model config.
-    """
-    dev = resolve_device(device)
-    if isinstance(model, nn.Module):
-        return model.to(dev).eval()
-    if callable(model) and not isinstance(model, (str, Path)):
-        return model
-    path = Path(model)
-    name = path.name.lower()
-    if name.endswith(ONNX_SUFFIXES):
-        return OnnxModel(path, dev)
-    if name.endswith(TORCHSCRIPT_SUFFIXES):
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: TorchScript model not found")
-        try:
-            scripted = torch.jit.load(str(path), map_location=dev).eval()
-            # same memory format as a checkpoint-built network, so both give identical outputs
-            return scripted.to(memory_format=torch.channels_last_3d) if channels_last else scripted
-        except RuntimeError as err:
-            raise ValueError(f"{path}: not a TorchScript archive ({str(err).splitlines()[0][:200]})") from err
-    net = network if network is not None else build_network(model_cfg)
-    net = load_checkpoint(net, path).to(dev)
-    if fuse_norm:
-        fuse_batch_norm(net)
-        fuse_activations(net)
-    return net.to(memory_format=torch.channels_last_3d) if channels_last else net
 
 
 def _as_dict(out: Any, where: str = "network output") -> dict[str, torch.Tensor]:
@@ -223,56 +41,12 @@ def _as_dict(out: Any, where: str = "network output") -> dict[str, torch.Tensor]
     raise ValueError(f"{where} must be a dict (or tuple) of {list(OUTPUT_KEYS)}, got {type(out).__name__}")
 
 
-def inference_autocast(
-    device: torch.device,
-    device_cfg: Mapping[str, Any] | None = None,
-    amp: bool | None = None,
-    native_bf16: bool | None = None,
-) -> tuple[bool, torch.dtype]:
-    """Whether (and in which dtype) inference runs under autocast.
-
-    With ``device.mixed_precision`` on (train.yaml's default), as the bundle's engines decide:
-
-    * CUDA: autocast in ``device.amp_dtype`` (float16 by default);
-    * CPU: only with ``device.force_cpu_amp``. Otherwise float32 on every CPU, so results do not depend on the host.
-
-    ``amp`` (``--amp`` / ``--no-amp``) overrides this. On a CPU the dtype is always bfloat16
-    (:func:`~pivot_monai.engines.runtime.autocast_dtype`): float16 autocast ran the demo network slower than float32
-    (0.33 vs 0.24 s per lung box). bf16 pays on CPUs that compute it natively
-    (AMX or AVX512-BF16, :func:`~pivot_monai.engines.runtime.cpu_has_native_bf16`): measured on such a VM, the demo
-    network ran 2.3x faster with the same held-out CPM (0.887) and size MAE 1.34 vs 1.35 mm, and 1.2x faster once
-    float32 ran on oneDNN convolutions (:mod:`~pivot_monai.networks.cpu_inference`); elsewhere it is emulated and
-    slower, and ``--amp`` warns.
-
-    Args:
-        device: where the network runs.
-        device_cfg: the guide's ``device`` section, or ``None`` (no mixed precision).
-        amp: explicit on/off, or ``None`` to follow ``device_cfg``.
-        native_bf16: whether the CPU has native bfloat16 (for the ``--amp`` warning); ``None`` asks the CPU.
-
-    Returns:
-        (enabled, dtype).
-    """
-    from pivot_monai.engines.runtime import autocast_dtype, cpu_has_native_bf16, use_amp, use_cpu_autocast
-
-    cfg = dict(device_cfg or {})
-    dtype = autocast_dtype(device, cfg.get("amp_dtype", "float16"))
-    if amp is None:
-        mixed, force = bool(cfg.get("mixed_precision", False)), bool(cfg.get("force_cpu_amp", False))
-        on_cpu = device.type == "cpu"
-        return (use_cpu_autocast(device, mixed, force) if on_cpu else use_amp(device, mixed, force)), dtype
-    native = cpu_has_native_bf16() if native_bf16 is None else bool(native_bf16)
-    if amp and device.type == "cpu" and not native:
-        logger.warning("--amp on a CPU without native bfloat16 (AMX/AVX512-BF16): bf16 is emulated and slow")
-    return bool(amp), dtype
-
-
 class Predictor:
     """Dense maps for a whole volume: sliding window (and TTA) over any loaded detector.
 
     Args:
         network: callable returning the dict (or tuple) of maps for a (B, 1, *roi_size) tensor (see
-            :func:`load_model`).
+            :func:`~pivot_monai.networks.checkpoint.load_model`).
         roi_size: sliding-window patch size ``(X, Y, Z)`` voxels (``data.patch_size``).
         overlap: window overlap in [0, 1). Default 0.25.
         sw_batch_size: windows per forward pass. Default 2.
@@ -281,13 +55,13 @@ class Predictor:
         tta: :class:`~pivot_monai.inference.tta.TTASettings`, an ``inference.tta`` mapping or a bool. Default off.
         output_stride: input/output resolution ratio; ``None`` takes the network's ``output_stride`` attribute (a
             :class:`~pivot_monai.networks.PivotDetector`, also scripted) or else measures it with one forward pass of
-            a zero patch (0.09 s of a fresh process's first forward for the demo network). Default None.
+            a zero patch. Default None.
         inferer: a MONAI inferer to use instead of building a ``SlidingWindowInferer`` from the arguments above.
         max_roi: ``inference.roi_size``: fit the window to each volume, whole axes up to this size (see
             :meth:`window`); ``None`` slides ``roi_size`` windows. Default None.
         multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 16.
         autocast: run the network under ``torch.autocast`` on ``device`` (mixed precision; see
-            :func:`inference_autocast`); the maps come back float32 either way. Default False.
+            :func:`~pivot_monai.inference.settings.inference_autocast`); the maps come back float32 either way. Default False.
         autocast_dtype: the autocast dtype (``device.amp_dtype``). Default ``torch.float16``.
 
     Example:
@@ -348,43 +122,28 @@ class Predictor:
             self._check_alignment()
 
     @classmethod
-    def from_config(
-        cls,
-        model: str | Path | nn.Module | Callable,
-        data: Mapping[str, Any] | None = None,
-        model_cfg: Mapping[str, Any] | None = None,
-        inference: Mapping[str, Any] | None = None,
-        *,
-        device: str | torch.device | None = None,
-        tta: bool | None = None,
-        overlap: float | None = None,
-        sw_batch_size: int | None = None,
-        device_cfg: Mapping[str, Any] | None = None,
-        amp: bool | None = None,
-    ) -> Predictor:
-        """Load ``model`` (see :func:`load_model`) and set the window from the config sections.
+    def from_settings(cls, model: str | Path | nn.Module | Callable, settings: InferenceSettings) -> Predictor:
+        """Load ``model`` (:func:`~pivot_monai.networks.checkpoint.load_model`) and set the window from ``settings``.
 
-        ``data.patch_size`` is the smallest window and ``inference.roi_size`` the largest (``null``: always the
-        patch); ``inference.overlap``, ``sw_batch_size``, ``blend_mode`` and ``tta`` the rest; fitted windows are
-        multiples of ``2 ** model.depth``; mixed precision from the ``device`` section ``device_cfg`` (see
-        :func:`inference_autocast`). Keyword arguments that are not ``None`` override the config (CLI flags).
+        ``settings.patch_size`` is the smallest window and ``settings.roi_size`` the largest (``None``: always the
+        patch); fitted windows are multiples of ``2 ** model.depth``. A checkpoint-built network is prepared for this
+        host (:meth:`~pivot_monai.host.HostTuning.prepare_network`).
         """
-        data, inference = dict(data or {}), dict(inference or {})
-        depth = int(dict(model_cfg or {}).get("depth", 4))
-        dev = resolve_device(device)
-        autocast, dtype = inference_autocast(dev, device_cfg, amp)
+        network = load_model(model, settings.model, settings.device)
+        if isinstance(model, (str, Path)):
+            network = settings.host.prepare_network(network)
         return cls(
-            load_model(model, model_cfg, dev),
-            data.get("patch_size", (64, 64, 64)),
-            overlap=inference.get("overlap", 0.25) if overlap is None else overlap,
-            sw_batch_size=inference.get("sw_batch_size", 2) if sw_batch_size is None else sw_batch_size,
-            blend_mode=inference.get("blend_mode", "gaussian"),
-            device=dev,
-            tta=TTASettings.from_config(inference.get("tta"), enabled=tta),
-            max_roi=inference.get("roi_size"),
-            multiple=2**depth,
-            autocast=autocast,
-            autocast_dtype=dtype,
+            network,
+            settings.patch_size,
+            overlap=settings.overlap,
+            sw_batch_size=settings.sw_batch_size,
+            blend_mode=settings.blend_mode,
+            device=settings.device,
+            tta=settings.tta,
+            max_roi=settings.roi_size,
+            multiple=settings.multiple,
+            autocast=settings.autocast,
+            autocast_dtype=settings.autocast_dtype,
         )
 
     def _forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -457,9 +216,9 @@ class Predictor:
     def forward_bytes(self, size: Sequence[int] | None = None) -> int:
         """Estimated host memory of the two largest feature maps of one network call over a volume of ``size``.
 
-        Those are the first level's (``features[0]`` channels at full resolution, two alive at once: 120 MB of the
-        demo network's 123 MB of fresh pages on a 136 x 96 x 144 lung box), per window, for as many windows as one
-        call takes. It sizes :class:`~pivot_monai.engines.prefault.HeapPrefault` in ``pivot infer``.
+        Those are the first level's (``features[0]`` channels at full resolution, two alive at once: nearly all
+        of a forward's fresh pages), per window, for as many windows as one
+        call takes. It sizes the prefault of :meth:`~pivot_monai.host.HostTuning.prefault` in ``pivot infer``.
 
         Args:
             size: (X, Y, Z) voxels of the preprocessed volume; ``None``: the largest window the predictor runs

@@ -1,4 +1,8 @@
-"""metrics stage of PIVOT: LUNA16 FROC/CPM and the other validation metrics, as plain maths (no ignite import)."""
+"""metrics stage of PIVOT: LUNA16 FROC/CPM and the other validation metrics, as plain maths (no ignite import).
+
+:func:`plot_froc` is imported on first use, so code that only computes metrics (``pivot infer``) never loads
+matplotlib.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +32,14 @@ from pivot_monai.metrics.froc import (
     read_submission_csv,
     write_submission_csv,
 )
-from pivot_monai.metrics.plots import plot_froc
+
+def __getattr__(name: str) -> object:
+    if name == "plot_froc":
+        from pivot_monai.metrics.plots import plot_froc
+
+        return plot_froc
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "LUNA16_FP_RATES",

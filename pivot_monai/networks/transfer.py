@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from pivot_monai.networks.checkpoint import load_state_dict
+
 __all__ = ["TransferReport", "encoder_is_frozen", "load_pretrained", "match_state_dict", "set_encoder_frozen"]
 
 logger = logging.getLogger(__name__)
@@ -117,8 +119,6 @@ def load_pretrained(
     if isinstance(checkpoint, Mapping):
         state, where = dict(checkpoint), "pretrained state dict"
     else:
-        from pivot_monai.inference.predictor import load_state_dict
-
         state, where = load_state_dict(checkpoint), str(checkpoint)
     loadable, report = match_state_dict(network, state)
     if strict and not report.ok:

@@ -1,0 +1,54 @@
+"""``pivot train``: a thin wrapper of :func:`pivot_monai.train.train`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pivot_monai.cli.common import Command, add_config_argument
+
+__all__ = ["COMMANDS", "run_train"]
+
+
+def add_train_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``pivot train``."""
+    add_config_argument(p, "the guide's Minimal Configuration")
+    p.add_argument(
+        "--experiment-name", default=None, help="sub-folder of checkpointing.dir and logging.log_dir for this run"
+    )
+    p.add_argument(
+        "--base-config",
+        type=Path,
+        action="append",
+        default=None,
+        help="bundle config(s) to merge the user file over, in order (default: bundle train.yaml)",
+    )
+    p.add_argument("--bundle-root", default=None, help="override bundle_root (paths in the config are relative to it)")
+    p.add_argument(
+        "-i", "--input", "--dataset-dir", dest="input", default=None,
+        help="override dataset_dir (the processed data root)",
+    )  # fmt: skip
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """``pivot train``: 0 when training finished."""
+    from pivot_monai.train import train
+
+    train(
+        args.config,
+        experiment_name=args.experiment_name,
+        base_configs=args.base_config,
+        bundle_root=args.bundle_root,
+        dataset_dir=args.input,
+    )
+    return 0
+
+
+COMMANDS = (
+    Command(
+        "train",
+        "train the detector (bundle workflow) from a minimal YAML merged over the defaults",
+        add_train_arguments,
+        run_train,
+    ),
+)

@@ -1,0 +1,156 @@
+"""Everything specific to the machine PIVOT runs on, behind one object: :class:`HostTuning`.
+
+The domain code (data, networks, inference) never calls the C library or private PyTorch operators; it asks the
+:class:`HostTuning` of its run (``HostTuning.from_config(device_section, device)``) to
+
+* :meth:`~HostTuning.apply` the process-wide settings (CPU threads, the heap keeping freed memory),
+* :meth:`~HostTuning.prepare_network` an eval-mode network for inference on this host,
+* run a forward inside :meth:`~HostTuning.forward_context`, and
+* :meth:`~HostTuning.prefault` the memory of a coming forward on an idle core.
+
+Nothing here changes process state on import. Each lever is kept only while it pays (>= 10 % of a fullsize scan's
+end-to-end time or of its peak memory); the measurements are in ``benchmarks/README.md`` ("Host levers").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["HostTuning", "cpu_has_native_bf16", "forward_context", "passive_omp_threads"]
+
+logger = logging.getLogger(__name__)
+
+
+def passive_omp_threads() -> bool:
+    """Have idle OpenMP threads sleep instead of spin (``OMP_WAIT_POLICY=PASSIVE``) unless the user chose a policy.
+
+    Call it before torch is imported (OpenMP reads the variable when it loads); the ``pivot`` command does.
+
+    Returns:
+        Whether the variable is PASSIVE now and can still take effect (torch not imported yet).
+    """
+    import sys
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    return os.environ["OMP_WAIT_POLICY"].upper() == "PASSIVE" and "torch" not in sys.modules
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (Intel AMX or AVX512-BF16), where bf16 autocast pays."""
+    import torch
+
+    caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+    return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
+
+
+def forward_context(device: Any) -> contextlib.AbstractContextManager:
+    """The context an inference forward on ``device`` runs in: oneDNN convolutions on an x86-64 CPU, else nothing."""
+    from pivot_monai.host.onednn import OneDNNConvolutions
+
+    return OneDNNConvolutions() if getattr(device, "type", str(device)) == "cpu" else contextlib.nullcontext()
+
+
+def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
+    value = cfg.get(key, default)
+    if not isinstance(value, bool):
+        raise ValueError(f"device.{key} must be true or false, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class HostTuning:
+    """The host levers of one run, from the guide's ``device`` section.
+
+    Args:
+        device: where the network runs (``torch.device`` or its name). Default CPU.
+        num_threads: ``device.num_threads``: CPU threads for torch (``None``: torch's default).
+        reuse_freed_memory: ``device.reuse_freed_memory`` (glibc): the heap keeps freed memory, so a forward's
+            activations are not faulted in afresh each time. Default True.
+        prefault_memory: ``device.prefault_memory``: on the CPU, where the heap keeps freed memory, fault in a coming
+            forward's memory on an idle core (:meth:`prefault`). Default True.
+
+    Example:
+        >>> tuning = HostTuning.from_config({"reuse_freed_memory": False}, "cpu")
+        >>> tuning.reuse_freed_memory, tuning.device
+        (False, 'cpu')
+    """
+
+    device: Any = "cpu"
+    num_threads: int | None = None
+    reuse_freed_memory: bool = True
+    prefault_memory: bool = True
+
+    @classmethod
+    def from_config(cls, device_cfg: Mapping[str, Any] | None, device: Any = "cpu") -> HostTuning:
+        """From the ``device`` section (missing keys take the defaults above).
+
+        Raises:
+            ValueError: a flag that is not a boolean, or a thread count below 1 (naming the key).
+        """
+        cfg = dict(device_cfg or {})
+        threads = cfg.get("num_threads")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"device.num_threads must be a positive integer or null, got {threads!r}")
+        return cls(
+            device=device,
+            num_threads=threads,
+            reuse_freed_memory=_flag(cfg, "reuse_freed_memory", True),
+            prefault_memory=_flag(cfg, "prefault_memory", True),
+        )
+
+    @property
+    def on_cpu(self) -> bool:
+        """Whether the network runs on the CPU."""
+        return getattr(self.device, "type", str(self.device).split(":")[0]) == "cpu"
+
+    def apply(self) -> HostTuning:
+        """Apply the process-wide settings (threads, the heap keeping freed memory); returns ``self``."""
+        from pivot_monai.host.allocator import reuse_freed_memory
+
+        if self.num_threads:
+            import torch
+
+            torch.set_num_threads(int(self.num_threads))
+        reuse_freed_memory(self.reuse_freed_memory)
+        return self
+
+    def prepare_network(self, network: Any) -> Any:
+        """An eval-mode eager network ready for inference here: batch norms folded, activations fused into oneDNN.
+
+        TorchScript, ONNX and networks in train mode are returned as they are.
+        """
+        import torch.nn as nn
+
+        from pivot_monai.host.onednn import fuse_activations, fuse_batch_norm
+
+        if isinstance(network, nn.Module) and not network.training and not hasattr(network, "_c"):
+            fuse_batch_norm(network)
+            fuse_activations(network)
+        return network
+
+    def forward_context(self) -> contextlib.AbstractContextManager:
+        """The context the network's forwards run in (see :func:`forward_context`)."""
+        return forward_context(self.device)
+
+    def prefault(self, nbytes: int) -> contextlib.AbstractContextManager:
+        """Fault in ``nbytes`` for the coming forward on another core until the context exits (CPU, where the heap
+        keeps freed memory; nothing when it holds that much free already)."""
+        from pivot_monai.host.allocator import HeapPrefault, heap_free_bytes, heap_keeps_freed
+
+        prefault = HeapPrefault(self.prefault_memory and self.on_cpu and heap_keeps_freed())
+        if prefault.keeps_freed and (heap_free_bytes() or 0) < nbytes:
+            prefault.start(nbytes)
+        return prefault
+
+    def to_dict(self) -> dict[str, Any]:
+        """The levers in effect, for reports."""
+        return {
+            "num_threads": self.num_threads,
+            "reuse_freed_memory": self.reuse_freed_memory,
+            "prefault_memory": self.prefault_memory,
+        }
