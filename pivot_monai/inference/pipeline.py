@@ -13,6 +13,9 @@ Per scan, the same code path as training data: :func:`~pivot_monai.data.io.read_
 * ``infer_report.json``: scans done, scans failed (with the error naming the file), per-scan timings;
 * optionally ``<seriesuid>_heatmap.nii.gz`` resampled onto the raw scan (overlays in 3D Slicer / ITK-SNAP) and
   ``previews/<seriesuid>_<rank>.png`` (see :mod:`pivot_monai.inference.previews`).
+
+``python -m pivot_monai.inference.pipeline --checkpoint ... --data-dir ... --output-dir ...`` is the training guide's
+``python -m src.eval.pipeline``: it runs ``pivot evaluate`` with the same flags.
 """
 
 from __future__ import annotations
@@ -351,3 +354,11 @@ def infer_scans(
         num_previews=num_previews,
     )
     return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)
+
+
+if __name__ == "__main__":  # the guide's `python -m src.eval.pipeline`: evaluation, as `pivot evaluate`
+    import sys
+
+    from pivot_monai.cli import main
+
+    sys.exit(main(["evaluate", *sys.argv[1:]]))
