@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from pivot_monai.data.lungs import _IN_SLICE
+from pivot_monai.data.lungs import _IN_SLICE, lung_box
 
 
 def test_in_slice_fill_equals_filling_each_slice(rng):
@@ -53,3 +53,30 @@ def test_lung_box_is_the_box_of_the_lung_mask_without_filling_or_closing():
     assert lung_box(to_face, spacing)[1][2] == 29
     assert lung_bounding_box(segment_lungs(to_face, spacing))[1][2] < 29
     assert lung_box(np.full((20, 20, 10), 40, np.int16), spacing) is None  # no air at all
+
+
+def test_lung_box_keeps_juxtapleural_nodules_whole():
+    """Nodules touching the pleura lie on the lung's edge: the crop (lung box + its 10 mm margin) keeps them whole."""
+    from pivot_monai.data.synthetic import scan_rng, synthesize_scan
+
+    checked = 0
+    for index in range(40):
+        scan = synthesize_scan(scan_rng(31, index), "small")
+        pleural = [
+            (f["world"], f["diameter_mm"])
+            for f in scan.findings
+            if f["placement"] == "juxtapleural" and not f["excluded"]
+        ]
+        if not pleural:
+            continue
+        spacing = np.asarray(scan.geometry.spacing)
+        lo, hi = lung_box(scan.array, spacing)
+        margin = np.ceil(10.0 / spacing)
+        for world, diameter in pleural:
+            centre = scan.geometry.world_to_index(np.asarray(world))
+            reach = 0.5 * diameter / spacing
+            assert np.all(centre - reach >= lo - margin) and np.all(centre + reach <= hi + margin), (index, world)
+            checked += 1
+        if checked >= 4:
+            break
+    assert checked >= 4
