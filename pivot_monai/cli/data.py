@@ -23,23 +23,41 @@ def add_synth_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives identical files")
     p.add_argument(
         "--size",
-        choices=("small", "fullsize"),
+        choices=("small", "medium", "fullsize"),
         default="small",
-        help="small: tiny fast scans for tests; fullsize: 512x512 in-plane like real CT",
+        help="small: tiny fast scans for tests; medium: ~1.1 mm in-plane; fullsize: 512x512 in-plane like real CT",
     )
     p.add_argument(
-        "--preview", type=Path, default=None, help="also write a PNG with axial/coronal/sagittal slices through a nodule"
+        "--domain",
+        choices=("train", "heldout"),
+        default="train",
+        help="generator domain: train, or the disjoint held-out domain used only for validation",
+    )
+    p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
+    p.add_argument(
+        "--report",
+        action="store_true",
+        help="measure the scans and print the realism report (published real-CT ranges next to ours)",
+    )
+    p.add_argument(
+        "--preview", type=Path, default=None, help="also write a PNG of axial/coronal/sagittal slices through a nodule"
     )
 
 
 def run_synth(args: argparse.Namespace) -> int:
     """``pivot synth``: :func:`~pivot_monai.data.synthetic.generate_dataset`."""
-    from pivot_monai.data.synthetic import generate_dataset, render_preview
+    from pivot_monai.data.synthetic import generate_dataset
 
-    generate_dataset(args.output, args.num_scans, seed=args.seed, size=args.size)
-    if args.preview is not None:
-        render_preview(args.output, args.preview)
-        logger.info("preview written to %s", args.preview)
+    generate_dataset(
+        args.output,
+        args.num_scans,
+        seed=args.seed,
+        size=args.size,
+        domain=args.domain,
+        workers=args.workers,
+        report=args.report,
+        preview=args.preview,
+    )
     return 0
 
 
