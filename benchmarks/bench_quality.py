@@ -1,27 +1,26 @@
-"""Detection quality on a held-out synthetic test set: CPM, the 7 LUNA16 sensitivities, size MAE, malignancy AUC.
+"""Detection quality on two domains: CPM, the 7 LUNA16 sensitivities, FP/scan at 85/90 % sensitivity, per-category
+sensitivities, size MAE and malignancy AUC, each with bootstrap CIs.
 
-The test scans are generated from seed ``--seed`` (default 1000; ``make demo`` trains on seed 0, and no benchmark
-trains on a seed >= 1000) and evaluated from their raw ``.mhd`` files by
-:func:`pivot_monai.inference.evaluate.evaluate` (the full inference pipeline, then LUNA16 FROC with a scan-level
-bootstrap CI). The model is ``--checkpoint`` (default ``bundle/models/model.pt`` from ``make demo``), or one trained
-first with ``--train-profile``:
+Two test sets, both never trained on: ``--scans`` scans of the generator's ``train`` domain (seed ``--seed``, default
+1000; ``make demo`` trains on seed 0) and ``--heldout-scans`` fullsize scans of the disjoint ``heldout`` domain
+(:mod:`pivot_monai.data.synthetic.domains`: other noise, kernels, vessel density, body habitus, nodule attenuation).
+Both are evaluated from their raw ``.mhd`` files by :func:`pivot_monai.inference.evaluate.evaluate` (the full
+inference pipeline, then LUNA16 FROC with a scan-level bootstrap CI) and summarised by
+:func:`pivot_monai.inference.crossdomain.domain_summary`. The model is ``--checkpoint`` (default
+``bundle/models/model.pt`` from ``make demo``), or one trained first with ``--train-profile``:
 
-* ``demo``: ``make demo``'s training (120 small scans of seed 0, split 70/15/15, ``demo.yaml``: 22 epochs, heads at
-  output stride 2, mining on); see benchmarks/README.md for its measured time;
-* ``full``: a longer profile (120 scans, ``demo.yaml`` with 60 epochs and validation every 10); an estimate is
-  logged before it starts; measured 26.1-34.9 min on an idle 2-core VM. Opt-in: ``make bench`` never trains.
+* ``demo``: ``make demo``'s training profile (``demo.yaml``: 22 epochs, heads at output stride 2, mining on) on
+  the benchmark's own small training split; see benchmarks/README.md for its measured time;
+* ``full``: a longer profile (``demo.yaml`` with 60 epochs and validation every 10); an estimate is logged before
+  it starts. Opt-in: ``make bench`` never trains.
 
 Without a trained model, seeded random weights are evaluated and the numbers are meaningless (a warning says so).
 
 Usage::
 
-    python -m benchmarks.bench_quality [--checkpoint bundle/models/model.pt] [--scans 60]
+    python -m benchmarks.bench_quality [--checkpoint bundle/models/model.pt] [--scans 40] [--heldout-scans 20]
     python -m benchmarks.bench_quality --train-profile demo
-    python -m benchmarks.bench_quality --quick       # 2 small scans at 4 mm, 32^3 windows, no bootstrap
-    python -m benchmarks.bench_quality --size fullsize --scans 20 --seed 1001 --antialias area
-
-The small scans (2.0-2.6 mm) are never downsampled to the demo's 2 mm, so ``data.antialias`` matters on fullsize
-scans only (0.6-1.0 mm in-plane).
+    python -m benchmarks.bench_quality --quick       # 2 small scans per domain at 4 mm, 32^3 windows, no bootstrap
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ from benchmarks.common import (
     RESULTS_DIR,
     WORK_DIR,
     Row,
-    ensure_raw_dataset,
     ensure_training_split,
     format_table,
     load_profile,
@@ -60,7 +58,6 @@ TRAIN_PROFILES: dict[str, dict[str, Any]] = {
     "demo": {"scans": 120, "overrides": {}},
     "full": {"scans": 120, "overrides": {"training#epochs": 60, "validation#interval": 10}},
 }
-METRICS = ("cpm", "size_mae_mm", "malignancy_auc", "detection_sensitivity", "fp_per_scan")
 
 
 def _estimate_seconds(epochs: int, train_scans: int, samples_per_volume: int) -> float | None:
@@ -111,31 +108,51 @@ def train_profile(name: str, config: Path) -> tuple[Path, float]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="2 small scans at 4 mm, 32^3 windows, no bootstrap")
+    p.add_argument("--quick", action="store_true", help="2 small scans per domain at 4 mm, 32^3 windows, no bootstrap")
     p.add_argument("--checkpoint", type=Path, default=None, help="model.pt (default bundle/models/model.pt)")
     p.add_argument("--config", type=Path, default=DEMO_CONFIG, help="profile layered over train.yaml")
     p.add_argument("--train-profile", choices=("none", *TRAIN_PROFILES), default="none", help="train a model first")
-    p.add_argument("--scans", type=int, default=60, help="held-out test scans (60 hold 92 nodules)")
-    p.add_argument("--size", choices=("small", "fullsize"), default="small", help="test scan size preset")
-    p.add_argument("--seed", type=int, default=1000, help="test-set seed (>= 1000: never trained on)")
+    p.add_argument("--scans", type=int, default=40, help="train-domain test scans")
+    p.add_argument("--size", choices=("small", "medium", "fullsize"), default="medium", help="train-domain test size")
+    p.add_argument("--seed", type=int, default=1000, help="train-domain test seed (>= 1000: never trained on)")
+    p.add_argument("--heldout-scans", type=int, default=20, help="fullsize held-out-domain scans")
+    p.add_argument("--heldout-seed", type=int, default=9000, help="held-out-domain seed")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the CIs (0 disables)")
     p.add_argument("--threshold", type=float, default=0.5, help="operating probability of the per-nodule metrics")
-    p.add_argument(
-        "--antialias", choices=("area", "gaussian"), default=None, help="data.antialias for the test scans (fullsize)"
-    )
+    p.add_argument("--antialias", choices=("area", "gaussian"), default=None, help="data.antialias for the test scans")
     return p.parse_args(argv)
 
 
-def main(argv: Sequence[str] | None = None) -> list[Row]:
-    """Run the benchmark, write ``benchmarks/results/quality.json`` and return the table rows.
+def ensure_domain_dataset(size: str, num_scans: int, seed: int, domain: str) -> Path:
+    """A synthetic raw dataset of ``domain`` under ``benchmarks/work/``, generated once and reused."""
+    from pivot_monai.data.synthetic import dataset_is_current, generate_dataset
 
-    ``--train-profile``, ``--size fullsize``, ``--antialias`` and another ``--seed`` each add to the name
-    (``quality_<profile>_<size>_<antialias>_seed<N>.json``), so ``make bench`` never overwrites those results.
+    root = WORK_DIR / f"raw_{domain}_{size}_seed{seed}_n{num_scans}"
+    if not dataset_is_current(root, num_scans, seed, size, domain=domain):
+        generate_dataset(root, num_scans, seed=seed, size=size, domain=domain, workers=2)
+    return root
+
+
+def main(argv: Sequence[str] | None = None) -> list[Row]:
+    """Evaluate on both domains, write ``benchmarks/results/quality*.json`` and return the table rows.
+
+    ``--train-profile``, ``--antialias`` and other seeds each add to the name, so ``make bench`` never overwrites
+    those results.
     """
+    from pivot_monai.inference.crossdomain import domain_summary, format_domain_summaries
     from pivot_monai.inference.evaluate import evaluate
+    from pivot_monai.inference.settings import InferenceSettings
 
     args = parse_args(argv)
-    scans, size, bootstrap = (2, "small", 0) if args.quick else (args.scans, args.size, args.bootstrap)
+    if args.quick:
+        plan = {"train domain": ("small", 2, args.seed, "train"), "held-out domain": ("small", 2, 9000, "heldout")}
+        bootstrap = 0
+    else:
+        plan = {
+            "train domain": (args.size, args.scans, args.seed, "train"),
+            "held-out domain": ("fullsize", args.heldout_scans, args.heldout_seed, "heldout"),
+        }
+        bootstrap = args.bootstrap
     overrides = {
         **(QUICK_OVERRIDES if args.quick else {}),
         **({"data#antialias": args.antialias} if args.antialias else {}),
@@ -147,50 +164,70 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         trained = True
     else:
         checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"])
-    test_dir = ensure_raw_dataset(size, scans, args.seed)
-    start = time.perf_counter()
-    metrics = evaluate(
-        checkpoint,
-        test_dir,
-        WORK_DIR / "quality_eval",
-        data=sections["data"],
-        model_cfg=sections["model"],
-        inference=sections["inference"],
-        device_cfg=sections["device"],  # as `pivot evaluate`: bf16 autocast on a CPU with native bf16
-        bootstrap=bootstrap,
-        threshold=args.threshold,
-    )
-    eval_seconds = time.perf_counter() - start
-    rows = _rows(metrics, trained, args.quick)
-    details = {"metrics": metrics, "eval_seconds": eval_seconds, "train_seconds": train_seconds}
-    settings = {
+    settings = InferenceSettings.from_config(sections)
+    summaries, metrics, seconds = {}, {}, {}
+    for name, (size, scans, seed, domain) in plan.items():
+        data_dir = ensure_domain_dataset(size, scans, seed, domain)
+        out = WORK_DIR / "quality_eval" / domain
+        start = time.perf_counter()
+        metrics[name] = evaluate(checkpoint, data_dir, out, settings, bootstrap=bootstrap, threshold=args.threshold)
+        seconds[name] = time.perf_counter() - start
+        summaries[name] = domain_summary(out, data_dir, bootstrap=bootstrap)
+    demo_profile = Path(args.config).resolve() == DEMO_CONFIG.resolve()
+    rows = _rows(summaries, trained, args.quick, demo_profile)
+    details = {"summaries": summaries, "metrics": metrics, "eval_seconds": seconds, "train_seconds": train_seconds}
+    run_settings = {
         "quick": args.quick,
         "checkpoint": str(checkpoint),
         "trained": trained,
         "train_profile": args.train_profile,
         "config": str(args.config),
         "overrides": overrides,
-        "test_set": {"size": size, "scans": scans, "seed": args.seed, "dir": str(test_dir)},
+        "test_sets": {k: dict(zip(("size", "scans", "seed", "domain"), v)) for k, v in plan.items()},
         "bootstrap": bootstrap,
         "threshold": args.threshold,
     }
-    # a trained profile, another test-set size or an antialias override keeps its own file, so `make bench` (the demo
-    # model on small scans) does not overwrite it
-    parts = [args.train_profile if args.train_profile != "none" else "", size if size != "small" else ""]
-    parts += [args.antialias or "", f"seed{args.seed}" if args.seed != 1000 and not args.quick else ""]
+    parts = [args.train_profile if args.train_profile != "none" else "", args.antialias or ""]
+    parts += [f"seed{args.seed}" if args.seed != 1000 and not args.quick else ""]
     suffix = "".join(f"_{p}" for p in parts if p)
-    write_results(f"{NAME}{suffix}", rows, details, settings)
+    write_results(f"{NAME}{suffix}", rows, details, run_settings)
+    logger.info("cross-domain summary\n%s", format_domain_summaries(summaries))
     return rows
 
 
-def _rows(metrics: Mapping[str, Any], trained: bool, quick: bool) -> list[Row]:
+def _targets(domain: str, demo_profile: bool) -> dict[str, str]:
+    """The quality targets (held-out domain only): the demo profile's CPM, or the default profile's full set."""
+    if domain != "held-out domain":
+        return {}
+    if demo_profile:
+        return {"cpm": ">= 0.85"}
+    return {"cpm": ">= 0.9", "fp85": "<= 2", "<6 mm": ">= 0.85", "GGO": ">= 0.8"}
+
+
+def _rows(summaries: Mapping[str, Mapping[str, Any]], trained: bool, quick: bool, demo_profile: bool) -> list[Row]:
     tag = " [quick, 4 mm]" if quick else ""
     tag += "" if trained else " [random weights]"
-    names = ["cpm", *(k for k in metrics if k.startswith("sensitivity@")), *METRICS[1:]]
-    rows = [Row(NAME, f"{k}{tag}", metrics.get(k)) for k in names]
-    if metrics.get("cpm_ci"):
-        rows[0].note = f"95% CI {metrics['cpm_ci']}"
-    rows += [Row(NAME, "test scans", metrics.get("n_scans")), Row(NAME, "test nodules", metrics.get("n_nodules"))]
+    rows: list[Row] = []
+    for domain, s in summaries.items():
+        targets = {} if quick else _targets(domain, demo_profile)
+        head = Row(NAME, f"{domain}: cpm{tag}", s["cpm"], target=targets.get("cpm", ""))
+        if s.get("cpm_ci"):
+            head.note = f"95% CI {s['cpm_ci'][0]:.3f}-{s['cpm_ci'][1]:.3f}"
+        rows.append(head)
+        rows += [Row(NAME, f"{domain}: sensitivity@{k}", v) for k, v in s["sensitivities"].items()]
+        rows += [
+            Row(NAME, f"{domain}: FP/scan at 85% sensitivity", s["fp_per_scan_at_85"], target=targets.get("fp85", "")),
+            Row(NAME, f"{domain}: FP/scan at 90% sensitivity", s["fp_per_scan_at_90"]),
+            Row(NAME, f"{domain}: size MAE (mm)", s["size_mae_mm"]),
+            Row(NAME, f"{domain}: malignancy AUC", s["malignancy_auc"]),
+            Row(NAME, f"{domain}: scans / nodules", f"{s['n_scans']} / {s['n_nodules']}"),
+        ]
+        for c in s["categories"]:
+            metric = f"{domain}: sens@2FP {c['group']} {c['category']} (n={c['n']})"
+            row = Row(NAME, metric, c["sensitivity"], target=targets.get(c["category"], ""))
+            if c["ci"]:
+                row.note = f"95% CI {c['ci'][0]:.2f}-{c['ci'][1]:.2f}"
+            rows.append(row)
     return rows
 
 
