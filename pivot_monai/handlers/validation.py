@@ -125,6 +125,10 @@ def close_writer(writer: Any) -> None:
         writer.close()
 
 
+_COMPONENTS = ("total", "detection", "regression", "classification")
+"""The entries of ``MultiTaskDetectionLoss.last_components`` that the validation loss averages."""
+
+
 class ValidationLossHandler:
     """The multi-task loss of every validation scan, averaged into ``engine.state.metrics`` once per round.
 
@@ -170,7 +174,7 @@ class ValidationLossHandler:
         self.targets = NoduleTargetsd(
             label_key="label", spacing=spacing, sigma_scale=sigma_scale, min_sigma_vox=min_sigma_voxels
         )
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, float] = dict.fromkeys(_COMPONENTS, 0.0)
         self.count = 0
 
     def attach(self, engine: Engine) -> None:
@@ -179,7 +183,7 @@ class ValidationLossHandler:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
 
     def reset(self, engine: Engine | None = None) -> None:
-        self.sums, self.count = {}, 0
+        self.sums, self.count = dict.fromkeys(_COMPONENTS, 0.0), 0
 
     def __call__(self, engine: Engine) -> None:
         batch, output = engine.state.batch, engine.state.output
@@ -188,8 +192,8 @@ class ValidationLossHandler:
         with torch.no_grad():
             for item, out in zip(batch, output):
                 components = self.scan_loss(out["pred"], item["label"], item["nodules"])
-                for name, value in components.items():
-                    self.sums[name] = self.sums.get(name, 0.0) + value
+                for name in _COMPONENTS:
+                    self.sums[name] += components[name]
                 self.count += 1
 
     def scan_loss(self, pred: Mapping[str, torch.Tensor], label: Any, nodules: Any) -> dict[str, float]:
@@ -217,14 +221,14 @@ class ValidationLossHandler:
     def epoch_completed(self, engine: Engine) -> None:
         import ignite.distributed as idist
 
-        names = sorted(self.sums)
-        totals = torch.tensor([float(self.count)] + [self.sums[n] for n in names], dtype=torch.float64)
+        # every rank reduces the same components, a rank without validation scans included
+        totals = torch.tensor([float(self.count)] + [self.sums[n] for n in _COMPONENTS], dtype=torch.float64)
         if idist.get_world_size() > 1:
             totals = idist.all_reduce(totals)
         count = float(totals[0])
         if count == 0:
             return
-        for name, value in zip(names, totals[1:].tolist()):
+        for name, value in zip(_COMPONENTS, totals[1:].tolist()):
             key = self.prefix if name == "total" else f"{self.prefix}_{name}"
             engine.state.metrics[key] = value / count
 

@@ -107,3 +107,30 @@ def test_validation_loss_arguments_are_checked():
         ValidationLossHandler(build_loss(), output_stride=0)
     with pytest.raises(ValueError, match="eps"):
         ValidationLossHandler(build_loss(), eps=0.0)
+
+
+def _ddp_round(rank: int, world_size: int, init_file: str, scans_per_rank: list[int], out: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        label, table = _make_scan()
+        scans = [(label, table, _eval_output(_logits(label.shape[1:], seed))) for seed in range(scans_per_rank[rank])]
+        metrics = _run_round(ValidationLossHandler(build_loss(), spacing=SPACING), scans)
+        torch.save(metrics, f"{out}.{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned gloo processes (~40 s on 2 cores); the bundle's 2-process test covers the usual path
+def test_validation_loss_is_gathered_over_ranks_a_rank_without_scans_included(tmp_path):
+    import torch.multiprocessing as mp
+
+    label, table = _make_scan()
+    # rank 0 holds both scans (seeds 0, 1), rank 1 none: every rank must still join the reduction
+    mp.spawn(_ddp_round, args=(2, str(tmp_path / "init"), [2, 0], str(tmp_path / "m")), nprocs=2, join=True)
+    scans = [(label, table, _eval_output(_logits(label.shape[1:], seed))) for seed in range(2)]
+    expected = _run_round(ValidationLossHandler(build_loss(), spacing=SPACING), scans)
+    for rank in (0, 1):
+        got = torch.load(tmp_path / f"m.{rank}")
+        assert got == pytest.approx(expected, rel=1e-6)
