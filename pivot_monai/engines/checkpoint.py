@@ -91,18 +91,23 @@ def atomic_open(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary(path)
     kwargs: dict[str, Any] = {} if "b" in mode else {"encoding": encoding, "newline": newline}
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode, **kwargs) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        cause = err if isinstance(err, OSError) else err.__context__  # torch.save wraps the OSError
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(
+                cause.errno, f"cannot write {path} ({cause.strerror or cause}); the previous file is unchanged"
+            ) from err
         raise
     _fsync_dir(path.parent)
 
@@ -169,7 +174,7 @@ def checkpoint_name(epoch: int, iteration: int | None = None) -> str:
 
 
 def list_checkpoints(folder: str | Path) -> list[CheckpointFile]:
-    """The checkpoints in ``folder``, oldest first (a mid-epoch one sorts after its epoch's start, before its end)."""
+    """The checkpoints in ``folder``, oldest first (a mid-epoch one sorts between its epoch's start and end)."""
     out = []
     folder = Path(folder)
     if not folder.is_dir():
@@ -183,8 +188,8 @@ def list_checkpoints(folder: str | Path) -> list[CheckpointFile]:
                     epoch if iteration is None else epoch - 1, -1 if iteration is None else int(iteration), path
                 )
             )
-    # an end-of-epoch file of E sorts after every mid-epoch file of epoch E (completed E - 1)
-    return sorted(out, key=lambda c: (c.completed, 0 if c.partial else 1, c.iteration))
+    # after epoch E come the mid-epoch files of epoch E + 1 (completed E), then the end of epoch E + 1
+    return sorted(out, key=lambda c: (c.completed, 1 if c.partial else 0, c.iteration))
 
 
 def _short(err: BaseException) -> str:

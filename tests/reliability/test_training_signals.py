@@ -1,0 +1,148 @@
+"""Real training subprocesses stopped by SIGTERM, SIGKILL and a second signal, then resumed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO_ROOT, TINY_OVERRIDES
+
+TRAIN_YAML = REPO_ROOT / "bundle" / "configs" / "train.yaml"
+
+
+class _Run:
+    """``python -m monai.bundle run training`` in a subprocess, its merged output collected line by line."""
+
+    def __init__(self, dataset: Path, bundle_root: Path, *extra: str) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_YAML)]
+        args += ["--bundle_root", str(bundle_root), "--dataset_dir", str(dataset), *TINY_OVERRIDES, *extra]
+        self.proc = subprocess.Popen(
+            args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_for(self, text: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.lines):
+                return
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.01)
+        self.proc.kill()
+        raise AssertionError(f"{text!r} never appeared:\n{self.log[-3000:]}")
+
+    def finish(self, timeout: float = 300) -> int:
+        rc = self.proc.wait(timeout)
+        self._reader.join(10)
+        return rc
+
+    @property
+    def log(self) -> str:
+        return "".join(self.lines)
+
+    def matching(self, text: str) -> list[str]:
+        return [line for line in self.lines if text in line]
+
+
+EPOCH_OF_4 = ["--training#batch_size", "1"]  # 4 training scans: 4 iterations per epoch
+
+
+_SIGTERM_RUN = [
+    *EPOCH_OF_4,
+    "--training#epochs",
+    "2",
+    "--checkpointing#save_interval",
+    "0",
+    "--validation#interval",
+    "5",
+]
+
+
+def _stop_with_sigterm(dataset: Path, bundle_root: Path) -> tuple[_Run, Path]:
+    run = _Run(dataset, bundle_root, *_SIGTERM_RUN)
+    run.wait_for("Epoch: 1/2, Iter: 1/4")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 143, run.log[-3000:]
+    stopped = run.matching("stopped by SIGTERM")
+    assert len(stopped) == 1 and "run the same command again to resume" in stopped[0], run.log[-3000:]
+    assert "Traceback" not in run.log
+    saved = list((bundle_root / "models").glob("checkpoint_epoch=1_iteration=*.pt"))
+    assert len(saved) == 1 and str(saved[0]) in stopped[0]
+    return run, saved[0]
+
+
+def test_sigterm_mid_epoch_writes_a_checkpoint_logs_one_line_and_exits_143(tiny_processed, tmp_path):
+    _, saved = _stop_with_sigterm(tiny_processed, tmp_path / "b")
+    meta = torch.load(saved, weights_only=True)["pivot"]
+    assert meta["epoch"] == 1 and 1 <= meta["iteration"] <= 3
+
+
+@pytest.mark.slow
+def test_the_same_command_resumes_after_a_sigterm(tiny_processed, tmp_path):
+    _, saved = _stop_with_sigterm(tiny_processed, tmp_path / "b")
+    again = _Run(tiny_processed, tmp_path / "b", *_SIGTERM_RUN)
+    assert again.finish() == 0, again.log[-3000:]
+    assert len(again.matching(f"resuming from {saved}")) == 1
+    assert not again.matching("Epoch: 1/2, Iter: 1/4") and again.matching("Epoch: 2/2, Iter: 4/4")
+    assert (tmp_path / "b" / "models" / "model.pt").exists()
+
+
+@pytest.mark.slow
+def test_a_second_signal_stops_at_once_without_another_checkpoint(tiny_processed, tmp_path):
+    run = _Run(
+        tiny_processed, tmp_path / "b", *EPOCH_OF_4, "--training#epochs", "50", "--checkpointing#save_interval", "0"
+    )
+    run.wait_for("Epoch: 1/50, Iter: 1/4")
+    run.proc.send_signal(signal.SIGINT)
+    run.wait_for("SIGINT received")
+    run.proc.send_signal(signal.SIGINT)
+    rc = run.finish()
+    assert rc in (-signal.SIGINT, 130), run.log[-3000:]  # 130 when the first one's checkpoint won the race
+    if rc == -signal.SIGINT:
+        assert run.matching("second SIGINT: stopping at once")
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(tiny_processed, tmp_path):
+    extra = ["--training#epochs", "4", "--checkpointing#save_interval", "1", "--checkpointing#keep_last_n", "2"]
+    reference = _Run(tiny_processed, tmp_path / "ref", *extra)
+    assert reference.finish() == 0, reference.log[-3000:]
+
+    killed = _Run(tiny_processed, tmp_path / "run", *extra)
+    killed.wait_for("Epoch: 3/4, Iter: 1/2")
+    killed.proc.send_signal(signal.SIGKILL)
+    assert killed.finish() == -signal.SIGKILL
+
+    resumed = _Run(tiny_processed, tmp_path / "run", *extra)
+    assert resumed.finish() == 0, resumed.log[-3000:]
+    assert resumed.matching("resuming from") and "after epoch 2, at iteration 4" in resumed.matching("resuming")[0]
+    assert [e for e in ("Epoch: 1/4", "Epoch: 2/4") if resumed.matching(e)] == []  # nothing trained twice
+
+    a = torch.load(tmp_path / "ref" / "models" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert (
+        reference.matching("Epoch[4] Metrics")[-1].split(" - ")[-1]
+        == resumed.matching("Epoch[4] Metrics")[-1].split(" - ")[-1]
+    )
+    # one run's checkpoints, keep_last_n over both processes
+    names = sorted(p.name for p in (tmp_path / "run" / "models").glob("checkpoint_epoch=*"))
+    assert names == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
+    ids = {torch.load(tmp_path / "run" / "models" / n, weights_only=True)["pivot"]["run_id"] for n in names}
+    assert len(ids) == 1
