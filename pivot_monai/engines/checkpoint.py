@@ -1,10 +1,7 @@
-"""Atomic file writes and the training checkpoints of a run folder: naming, listing, reading, rotation.
+"""The training checkpoints of a run folder: naming, listing, reading, rotation.
 
-**Atomic writes.** :func:`atomic_write` writes through a temporary file in the target's own folder
-(``.<name>.<pid>.tmp``), flushes and ``fsync``s it, renames it over the target (``os.replace``, atomic on POSIX) and
-``fsync``s the folder. A reader, or a process killed at any moment, therefore sees either the old file or the
-complete new one, never a truncated file under the final name. A failed write (a full disk, a kill) leaves at most
-the hidden temporary file, which the next write of the same target and :func:`remove_stale_temporaries` delete.
+Checkpoints are written with :func:`~pivot_monai.files.atomic_save` (re-exported here with the other atomic writes
+of :mod:`pivot_monai.files`): a kill or a full disk never leaves a partial file under a checkpoint's name.
 
 **Checkpoint files.** A run folder (``checkpointing.dir``) holds ``checkpoint_epoch=E.pt`` written after epoch ``E``
 and ``checkpoint_epoch=E_iteration=I.pt`` written by a stop inside epoch ``E`` at global iteration ``I``.
@@ -20,12 +17,13 @@ import contextlib
 import logging
 import os
 import re
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import torch
+
+from pivot_monai.files import atomic_open, atomic_save, atomic_write, atomic_write_text, remove_stale_temporaries
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -53,94 +51,6 @@ _NAME = re.compile(r"^checkpoint_epoch=(\d+)(?:_iteration=(\d+))?\.pt$")
 
 class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message names the file, what was expected and what to do."""
-
-
-# ------------------------------------------------------------------------------------------------ atomic writes
-def _fsync_dir(folder: Path) -> None:
-    with contextlib.suppress(OSError):  # not every filesystem lets a folder be opened or synced
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-@contextlib.contextmanager
-def atomic_open(
-    path: str | Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None
-) -> Iterator[IO]:
-    """Open ``path`` for writing so that it appears complete or not at all (module docstring).
-
-    Args:
-        path: the final file; its folder is created.
-        mode: ``"w"`` (text) or ``"wb"`` (binary). Default ``"w"``.
-        encoding: text encoding (ignored for binary). Default utf-8.
-        newline: as for :func:`open` (``""`` for the ``csv`` module).
-
-    Raises:
-        OSError: the folder cannot be created or written (full disk, read-only filesystem); the target is untouched.
-
-    Example:
-        >>> with atomic_open(tmp / "candidates.csv", newline="") as f:
-        ...     csv.writer(f).writerows(rows)
-    """
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_open mode must be 'w' or 'wb', got {mode!r}")
-    path = Path(path)
-    tmp = _temporary(path)
-    kwargs: dict[str, Any] = {} if "b" in mode else {"encoding": encoding, "newline": newline}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, mode, **kwargs) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        cause = err if isinstance(err, OSError) else err.__context__  # torch.save wraps the OSError
-        if isinstance(cause, OSError) and cause.errno is not None:
-            raise OSError(
-                cause.errno, f"cannot write {path} ({cause.strerror or cause}); the previous file is unchanged"
-            ) from err
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], Any]) -> Path:
-    """Call ``write(binary_file)`` on a temporary file and move it to ``path`` atomically; returns ``path``."""
-    with atomic_open(path, "wb") as f:
-        write(f)
-    return Path(path)
-
-
-def atomic_write_text(path: str | Path, text: str, encoding: str = "utf-8") -> Path:
-    """Write ``text`` to ``path`` atomically (reports, JSON, CSV held in memory); returns ``path``."""
-    with atomic_open(path, "w", encoding=encoding) as f:
-        f.write(text)
-    return Path(path)
-
-
-def atomic_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save(obj)`` to ``path`` atomically (checkpoints, ``model.pt``); returns ``path``."""
-    return atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def remove_stale_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporary files that interrupted atomic writes left in ``folder``; returns them."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-            removed.append(tmp)
-    if removed:
-        logger.info("removed %d unfinished temporary file(s) of an interrupted save in %s", len(removed), folder)
-    return removed
 
 
 # ------------------------------------------------------------------------------------------------ checkpoint files

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from pivot_monai.data.annotations import Nodule
+from pivot_monai.files import atomic_open
 from pivot_monai.metrics.matching import NoduleMatch, ScanCandidates, ScanMatch, match_scans
 
 __all__ = [
@@ -155,6 +156,7 @@ def write_submission_csv(path: str | Path, candidates: Mapping[str, Any]) -> Pat
 
     Raises:
         TypeError: a value that is not candidates.
+        OSError: the file cannot be written (full disk, read-only folder); an earlier file of that name is kept.
     """
     scans = {uid: ScanCandidates.coerce(c, f"candidates[{uid!r}]") for uid, c in candidates.items()}
     extra = [
@@ -163,8 +165,7 @@ def write_submission_csv(path: str | Path, candidates: Mapping[str, Any]) -> Pat
         if any(getattr(s, attr) is not None for s in scans.values())
     ]
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with p.open("w", newline="") as fh:
+    with atomic_open(p, newline="") as fh:  # a full disk or a kill never leaves a truncated file under its name
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(list(SUBMISSION_COLUMNS) + extra)
         for uid, scan in scans.items():
