@@ -14,14 +14,18 @@ from monai.transforms import (
     Rand3DElasticd,
     RandFlipd,
     RandGaussianNoised,
+    RandGaussianSharpend,
+    RandGaussianSmoothd,
     RandRotated,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
     RandZoomd,
     Transform,
 )
 
 __all__ = ["AUGMENTATION_KEYS", "build_augmentation"]
 
-AUGMENTATION_KEYS = ("enabled", "flip", "rotation", "scaling", "noise", "elastic")
+AUGMENTATION_KEYS = ("enabled", "flip", "rotation", "scaling", "noise", "elastic", "intensity", "smooth", "sharpen")
 
 
 def _prob(cfg: Mapping[str, Any], name: str) -> float:
@@ -48,7 +52,11 @@ def build_augmentation(
     Args:
         cfg: ``{"enabled", "flip": {prob, axes}, "rotation": {prob, max_angle (degrees)},
             "scaling": {prob, scale_range}, "noise": {prob, mean, std}, "elastic": {prob, sigma_range,
-            magnitude_range}}``. A section with ``prob: 0`` adds nothing.
+            magnitude_range}, "intensity": {prob, shift, scale}, "smooth": {prob, sigma_range},
+            "sharpen": {prob, alpha_range}}``. A section with ``prob: 0`` adds nothing. The last three imitate
+            other scanners (attenuation offsets and gains, soft and sharp reconstruction kernels): the image is
+            the HU window scaled to [0, 1], so a ``shift`` of 0.03 is about 40 HU. ``noise.std`` is the largest
+            standard deviation; each draw picks one in ``[0, std]`` (dose varies).
         image_key: image key (bilinear). label_key: instance label key (nearest).
 
     Raises:
@@ -114,5 +122,41 @@ def build_augmentation(
         std = float(noise.get("std", 0.02))
         if std < 0:
             raise ValueError(f"augmentation.noise.std must be >= 0, got {std}")
-        out.append(RandGaussianNoised([image_key], prob=noise["prob"], mean=float(noise.get("mean", 0.0)), std=std))
+        out.append(
+            RandGaussianNoised(
+                [image_key], prob=noise["prob"], mean=float(noise.get("mean", 0.0)), std=std, sample_std=True
+            )
+        )
+    out += _scanner_augmentation(cfg, image_key)
+    return out
+
+
+def _scanner_augmentation(cfg: Mapping[str, Any], image_key: str) -> list[Transform]:
+    """Intensity offset/gain, kernel blur and kernel sharpening (image only)."""
+    out: list[Transform] = []
+    intensity = cfg.get("intensity") or {}
+    if _prob(intensity, "intensity") > 0:
+        shift = float(intensity.get("shift", 0.03))
+        scale = float(intensity.get("scale", 0.05))
+        if shift < 0 or scale < 0:
+            raise ValueError(f"augmentation.intensity.shift and .scale must be >= 0, got {shift} and {scale}")
+        out.append(RandShiftIntensityd([image_key], offsets=shift, prob=intensity["prob"]))
+        out.append(RandScaleIntensityd([image_key], factors=scale, prob=intensity["prob"]))
+    smooth = cfg.get("smooth") or {}
+    if _prob(smooth, "smooth") > 0:
+        lo, hi = _pair(smooth.get("sigma_range", (0.25, 0.75)), "smooth.sigma_range")
+        out.append(
+            RandGaussianSmoothd([image_key], sigma_x=(lo, hi), sigma_y=(lo, hi), sigma_z=(lo, hi), prob=smooth["prob"])
+        )
+    sharpen = cfg.get("sharpen") or {}
+    if _prob(sharpen, "sharpen") > 0:
+        lo, hi = _pair(sharpen.get("alpha_range", (1.0, 3.0)), "sharpen.alpha_range")
+        out.append(
+            RandGaussianSharpend(
+                [image_key],
+                sigma1_x=(0.4, 0.8), sigma1_y=(0.4, 0.8), sigma1_z=(0.4, 0.8),
+                sigma2_x=0.4, sigma2_y=0.4, sigma2_z=0.4,
+                alpha=(lo, hi), prob=sharpen["prob"],
+            )
+        )  # fmt: skip
     return out
