@@ -30,7 +30,7 @@ __all__ = ["COMMANDS", "COMMAND_MODULES", "EXPECTED_ERRORS", "build_parser", "ma
 
 logger = logging.getLogger("pivot_monai")
 
-COMMAND_MODULES = ("data", "train", "inference", "serve")
+COMMAND_MODULES = ("data", "train", "inference", "fpr", "serve")
 """Modules of :mod:`pivot_monai.cli` whose ``COMMANDS`` make up ``pivot`` (a ``serve`` module goes here too)."""
 
 EXPECTED_ERRORS = (ValueError, TypeError, OSError, KeyError, ImportError)
