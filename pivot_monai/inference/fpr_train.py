@@ -196,7 +196,7 @@ def _fit(data: TrainingSet, fpr: FPRSettings, device: torch.device) -> tuple[Mul
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss)
+            total += float(loss.detach())
         losses.append(round(total / steps, 5))
         logger.info("fpr epoch %d/%d: loss %.4f", epoch + 1, fpr.epochs, losses[-1])
     return net.eval(), losses
