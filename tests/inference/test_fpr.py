@@ -1,4 +1,4 @@
-"""False-positive reduction: patch coordinates, labels, fusion, the classifier checkpoint, training and pivot classify."""
+"""False-positive reduction: patch coordinates, labels, fusion, the classifier checkpoint, training, pivot classify."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def _classifier(num_scales: int = 2, grid: int = 8, seed: int = 0) -> CandidateC
     return CandidateClassifier(net, [12.0, 24.0][:num_scales], grid, fusion_weight=0.5)
 
 
-@pytest.mark.parametrize("direction", [np.eye(3), FLIP_Z, oblique_direction(15.0)], ids=["identity", "flipz", "oblique"])
+@pytest.mark.parametrize("direction", [np.eye(3), FLIP_Z, oblique_direction(15.0)], ids=["eye", "flipz", "oblique"])
 def test_patches_sample_the_world_points_along_world_axes(direction):
     # a linear function of world mm is reproduced exactly by trilinear sampling, so every patch voxel can be checked
     geom = Geometry((-50.0, 20.0, -300.0), (0.7, 0.9, 2.5), direction, (90, 80, 40))
