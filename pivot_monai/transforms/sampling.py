@@ -11,7 +11,9 @@ label, the rest on random background voxels. On top of that it
 * draws positives only from nodules at least ``min_diameter`` mm wide (the curriculum stage), and
 * reads the crop size from a :class:`~pivot_monai.transforms.stages.StageState` (progressive patch sizes), and
 * by default (``data.positive_sampling: instance``) picks the nodule of a positive crop uniformly among the scan's
-  eligible nodules before picking one of its voxels. ``RandCropByPosNegLabeld`` picks a foreground *voxel*, so a
+  eligible nodules before picking one of its voxels (``size`` weights each nodule by 6 mm / its diameter instead,
+  so 3-6 mm nodules, the ones a detector misses, are drawn more often than large ones).
+  ``RandCropByPosNegLabeld`` picks a foreground *voxel*, so a
   12 mm nodule is drawn 27 times as often as a 4 mm one in the same scan and small nodules, the hard ones, are
   rarely seen; ``positive_sampling: voxel`` restores MONAI's behaviour.
 
@@ -49,7 +51,7 @@ __all__ = [
 
 CROP_KINDS = ("positive", "hard_negative", "negative")
 """Values of the ``"crop_kind"`` key added to every crop."""
-POSITIVE_SAMPLING = ("instance", "voxel")
+POSITIVE_SAMPLING = ("instance", "voxel", "size")
 """Values of ``data.positive_sampling``: draw a nodule uniformly, or a nodule voxel uniformly (MONAI's way)."""
 
 _BACKGROUND_TRIES = 64
@@ -123,7 +125,8 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         diameters_key: key of the per-label-id diameters (``LoadNoduleMetad``). Default ``"nodule_diameters"``.
         pad_mode: ``SpatialPad`` mode. Default ``"constant"`` (zeros).
         positive_sampling: ``"instance"`` (each nodule equally likely) or ``"voxel"`` (each nodule voxel equally
-            likely, as MONAI). Default ``"instance"``.
+            likely, as MONAI) or ``"size"`` (a nodule drawn with weight ``6 mm / diameter``, at most 2). Default
+            ``"instance"``.
 
     Adds ``"crop_kind"`` (one of :data:`CROP_KINDS`) and ``"crop_center"`` ((3,) int array) to every crop.
 
@@ -191,12 +194,20 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         diam = np.pad(diam, (0, max(0, int(ids.max()) + 1 - len(diam))))
         return flat[diam[ids] >= min_d]
 
-    def _positive_voxel(self, label: np.ndarray, fg: np.ndarray) -> int:
-        """A flat index among the eligible voxels ``fg``: of a uniformly drawn nodule, or uniformly (``voxel``)."""
+    def _positive_voxel(self, label: np.ndarray, fg: np.ndarray, diameters: np.ndarray | None = None) -> int:
+        """A flat index among the eligible voxels ``fg``: of a drawn nodule (``instance``, ``size``), or any."""
         if self.positive_sampling == "voxel":
             return int(self.R.choice(fg))
         ids = label.ravel()[fg]
-        instance = self.R.choice(np.unique(ids))
+        unique = np.unique(ids)
+        weights = None
+        if self.positive_sampling == "size" and diameters is not None and len(unique) > 1:
+            diam = np.asarray(diameters, dtype=float)
+            index = np.rint(unique).astype(np.int64)
+            d = np.where(index < len(diam), diam[np.minimum(index, len(diam) - 1)], 0.0)
+            weights = np.minimum(6.0 / np.where(d > 0, d, 6.0), 2.0)
+            weights = weights / weights.sum()
+        instance = self.R.choice(unique, p=weights)
         return int(self.R.choice(fg[ids == instance]))
 
     def _background_centre(self, label: np.ndarray) -> tuple[int, ...]:
@@ -225,7 +236,10 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         out = []
         for _ in range(n_pos):
             out.append(
-                ("positive", tuple(int(i) for i in np.unravel_index(self._positive_voxel(label, fg), label.shape)))
+                (
+                    "positive",
+                    tuple(int(i) for i in np.unravel_index(self._positive_voxel(label, fg, diameters), label.shape)),
+                )
             )
         for _ in range(n_hard):
             index, _score = hard[int(self.R.randint(len(hard)))]

@@ -202,6 +202,14 @@ def test_instance_sampling_draws_each_nodule_equally_and_voxel_sampling_by_its_v
     assert counts["voxel"][SMALL] / 2000 == pytest.approx(8 / 72, abs=0.03)
 
 
+def test_size_sampling_favours_small_nodules():
+    label, diameters = _volume()["label"][0].numpy(), _volume()["nodule_diameters"]
+    sampler = _sampler(num_samples=4, pos=1, neg=0, positive_sampling="size")
+    ids = collections.Counter(int(label[c]) for _ in range(500) for _, c in sampler.plan(label, diameters))
+    # weights 6/8 = 0.75 (8 mm) and min(6/3, 2) = 2 (3 mm): the small nodule gets 2 / 2.75 of the positive crops
+    assert ids[SMALL] / 2000 == pytest.approx(2 / 2.75, abs=0.04)
+
+
 def test_unknown_positive_sampling_names_the_key():
     with pytest.raises(ValueError, match="data.positive_sampling must be one of"):
         _sampler(positive_sampling="nodule")
