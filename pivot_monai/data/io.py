@@ -24,12 +24,15 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "MHD_ELEMENT_TYPES",
     "check_mhd_payload",
+    "check_nifti_finite",
     "check_value_range",
     "find_scans",
+    "is_dicom_file",
     "mhd_data_file",
     "read_ct",
     "read_mhd_header",
     "read_sitk",
+    "select_dicom_series",
     "seriesuid_from_path",
     "sitk_to_volume",
     "unreadable",
@@ -43,6 +46,8 @@ logger = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
 # plausible CT range in HU; a volume entirely outside it is not CT
 _CT_MIN_HU, _CT_MAX_HU = -2000.0, 5000.0
+# no voxel below -100 HU but some above 700: raw detector values without the rescale intercept (air stored as ~0)
+_NO_AIR_HU, _SHIFTED_MIN_MAX_HU = -100.0, 700.0
 _IMPORT_PID = os.getpid()  # value_range uses torch only in this process, not in children forked from it
 
 
@@ -85,10 +90,42 @@ def _is_dicom_dir(p: Path) -> bool:
     return p.is_dir() and bool(sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p)))
 
 
+def is_dicom_file(p: Path) -> bool:
+    """Whether ``p`` is a DICOM file by its content: the ``DICM`` marker after the 128-byte preamble, or (files
+    without one) a header pydicom can parse. The suffix does not matter (PACS exports often have none)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError:
+        return False
+    if head[128:132] == b"DICM":
+        return True
+    if len(head) < 8:
+        return False
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(p), stop_before_pixels=True, force=False)
+    except Exception:  # noqa: BLE001 - anything pydicom cannot parse is not DICOM
+        return False
+    return "SOPClassUID" in ds or "SeriesInstanceUID" in ds
+
+
+def _looks_like_dicom_dir(folder: Path, files: list[str]) -> bool:
+    if any(f.lower().endswith(".dcm") for f in files):
+        return True
+    # slices without the suffix: look at a few files that are not another known format
+    candidates = [
+        f for f in sorted(files) if not f.lower().endswith((*IMAGE_SUFFIXES, ".raw", ".csv", ".json", ".txt"))
+    ]
+    return any(is_dicom_file(folder / f) for f in candidates[:3])
+
+
 def find_scans(root: str | Path) -> list[Path]:
     """All scans below ``root``: ``.mhd``/``.mha``/NIfTI/NRRD files and DICOM series folders, sorted.
 
-    ``root`` may itself be a scan file or a DICOM folder.
+    A DICOM folder is found by its ``.dcm`` files or, without the suffix, by the content of its files
+    (:func:`is_dicom_file`). ``root`` may itself be a scan file or a DICOM folder.
     """
     root = Path(root)
     if _is_image_file(root):
@@ -96,11 +133,60 @@ def find_scans(root: str | Path) -> list[Path]:
     if not root.exists():
         raise FileNotFoundError(f"{root}: no such file or directory (expected a CT scan or a folder of scans)")
     found = sorted(p for p in root.rglob("*") if _is_image_file(p))
-    dicom_dirs = sorted({p.parent for p in root.rglob("*.dcm")})
+    dicom_dirs = sorted(Path(d) for d, _, files in os.walk(root) if files and _looks_like_dicom_dir(Path(d), files))
     found += [d for d in dicom_dirs if _is_dicom_dir(d)]
-    if not found and _is_dicom_dir(root):
-        found = [root]
     return found
+
+
+def _series_tags(first_file: str) -> dict[str, str]:
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(first_file, stop_before_pixels=True, force=True)
+    except Exception:  # noqa: BLE001 - tags unknown: the series is still a candidate, ranked last
+        return {}
+    return {k: str(getattr(ds, k, "") or "") for k in ("Modality", "SeriesDescription", "SeriesNumber")}
+
+
+def select_dicom_series(folder: str | Path, series_uid: str | None = None) -> tuple[str, list[str]]:
+    """The DICOM series of ``folder`` to read, chosen by its tags, and its files in slice order.
+
+    With one series, that one. With several, ``series_uid`` when given, else the CT series (``Modality`` CT) with the
+    most slices; a warning names every series and the one used, so a folder mixing a scout, a dose report and the
+    CT never silently yields the wrong one.
+
+    Raises:
+        CTReadError: no series, or ``series_uid`` not among them (the message lists them).
+    """
+    p = Path(folder)
+    reader = sitk.ImageSeriesReader()
+    series = list(reader.GetGDCMSeriesIDs(str(p)))
+    if not series:
+        raise CTReadError(f"{p}: folder holds no DICOM series (expected the slices of one CT series)")
+    files = {uid: list(reader.GetGDCMSeriesFileNames(str(p), uid)) for uid in series}
+    if series_uid is not None:
+        if series_uid not in files:
+            raise CTReadError(f"{p}: no DICOM series {series_uid}; the folder holds {', '.join(series)}")
+        return series_uid, files[series_uid]
+    if len(series) == 1:
+        return series[0], files[series[0]]
+    tags = {uid: _series_tags(files[uid][0]) for uid in series}
+    chosen = max(series, key=lambda u: (tags[u].get("Modality", "").upper() == "CT", len(files[u]), -series.index(u)))
+    listing = "; ".join(
+        f"{uid} ({tags[uid].get('Modality') or '?'}, {len(files[uid])} slice(s)"
+        + (f", {tags[uid]['SeriesDescription']}" if tags[uid].get("SeriesDescription") else "")
+        + ")"
+        for uid in series
+    )
+    logger.warning(
+        "%s holds %d DICOM series: %s; using %s (the CT series with the most slices); put each series in its own "
+        "folder to read another",
+        p,
+        len(series),
+        listing,
+        chosen,
+    )
+    return chosen, files[chosen]
 
 
 def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
@@ -119,10 +205,7 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
     try:
         if p.is_dir():
             reader = sitk.ImageSeriesReader()
-            series = reader.GetGDCMSeriesIDs(str(p))
-            if not series:
-                raise CTReadError(f"{p}: folder holds no DICOM series (expected .dcm slices of one CT series)")
-            files = reader.GetGDCMSeriesFileNames(str(p), series[0])
+            _, files = select_dicom_series(p)
             reader.SetFileNames(files)
             image = reader.Execute()
         else:
@@ -130,6 +213,8 @@ def read_sitk(path: str | Path, *, as_float: bool = True) -> sitk.Image:
                 raise CTReadError(f"{p}: file not found")
             if p.suffix.lower() == ".mhd":
                 check_mhd_payload(p)
+            elif p.name.lower().endswith((".nii", ".nii.gz")):
+                check_nifti_finite(p)
             image = sitk.ReadImage(str(p))
     except CTReadError:
         raise
@@ -184,7 +269,9 @@ def mhd_data_file(p: Path, header: Mapping[str, str]) -> Path | None:
 
 
 def check_mhd_payload(p: Path, header: Mapping[str, str] | None = None) -> None:
-    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or shorter than the header says.
+    """Fail early, with the file name, on a ``.mhd`` whose ``.raw`` is missing or not exactly the size the header
+    says (``DimSize`` x ``ElementType`` x channels, plus ``HeaderSize``): a shorter file is truncated, a longer one
+    means the header does not describe the data (SimpleITK would read the first bytes and say nothing).
 
     Args:
         p: the ``.mhd`` file.
@@ -200,15 +287,49 @@ def check_mhd_payload(p: Path, header: Mapping[str, str] | None = None) -> None:
         return
     try:
         dims = [int(v) for v in header["DimSize"].split()]
-        item = np.dtype(MHD_ELEMENT_TYPES[header["ElementType"]][0]).itemsize
+        element = header["ElementType"]
+        item = np.dtype(MHD_ELEMENT_TYPES[element][0]).itemsize
         expected = int(np.prod(dims)) * item * int(header.get("ElementNumberOfChannels", 1))
+        skip = int(header.get("HeaderSize", 0))
     except (KeyError, ValueError):
         return
     actual = raw.stat().st_size
-    if actual < expected:
+    needed = expected + max(skip, 0)
+    what = f"header DimSize={dims} x {element} ({item} byte(s) per voxel) needs {needed} bytes"
+    if actual < needed:
         raise CTReadError(
-            f"{p}: data file {raw.name} is truncated ({actual} bytes, header DimSize={dims} "
-            f"needs {expected}); re-copy or re-download the scan"
+            f"{p}: data file {raw.name} is truncated ({actual} bytes; {what}); re-copy or re-download the scan"
+        )
+    if actual > needed and skip != -1:  # HeaderSize = -1: the payload is the file's last bytes
+        ratio = actual / expected if expected else 0.0
+        hint = (
+            f"the payload is {ratio:g}x larger: is ElementType wrong (e.g. MET_UCHAR for 2-byte MET_SHORT data)?"
+            if ratio in (2.0, 4.0, 8.0)
+            else "is DimSize or ElementType wrong, or is it another scan's data file?"
+        )
+        raise CTReadError(f"{p}: data file {raw.name} holds {actual} bytes but {what}; {hint}")
+
+
+def check_nifti_finite(p: Path) -> None:
+    """Raise :class:`CTReadError` for a float NIfTI holding NaN or infinite voxels.
+
+    SimpleITK's NIfTI reader turns them into 0, so the range check after it cannot see them; nibabel reads the stored
+    values (scaled by ``scl_slope``/``scl_inter``). Integer NIfTI files cannot hold them and are not read twice.
+    """
+    import nibabel as nib
+
+    try:
+        img = nib.load(str(p))
+        if not np.issubdtype(img.get_data_dtype(), np.floating):
+            return
+        data = np.asanyarray(img.dataobj)
+    except Exception:  # noqa: BLE001 - nibabel's own errors: SimpleITK reads next and reports an unreadable file
+        return
+    bad = int(data.size - np.count_nonzero(np.isfinite(data)))
+    if bad:
+        raise CTReadError(
+            f"{p}: {bad} voxel(s) are NaN or infinite (float NIfTI, {data.dtype}); expected finite Hounsfield units; "
+            "fix the export that wrote it (SimpleITK would have read them as 0 HU)"
         )
 
 
@@ -234,13 +355,20 @@ def value_range(values: np.ndarray) -> tuple[float, float]:
 
 
 def check_value_range(lo: float, hi: float, p: Path) -> None:
-    """Raise :class:`CTReadError` (naming ``p``) for NaN/infinite values or a ``lo..hi`` range that is not CT in HU."""
+    """Raise :class:`CTReadError` (naming ``p``) for NaN/infinite values, a ``lo..hi`` range that is not CT in HU,
+    or one without air that looks like stored values missing their rescale intercept (CT shifted by +1024)."""
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise CTReadError(f"{p}: volume contains NaN or infinite values; expected Hounsfield units")
     if hi <= _CT_MIN_HU or lo >= _CT_MAX_HU or hi - lo < 100.0:
         raise CTReadError(
             f"{p}: values {lo:.1f}..{hi:.1f} do not look like CT in Hounsfield units "
             f"(expected air near -1000 and tissue near 0..100); check the rescale slope/intercept"
+        )
+    if lo >= _NO_AIR_HU and hi >= _SHIFTED_MIN_MAX_HU:
+        raise CTReadError(
+            f"{p}: values {lo:.1f}..{hi:.1f} hold no air (a chest CT has air and lungs near -1000 HU): the stored "
+            f"values look unshifted, i.e. the rescale intercept (usually -1024) was not applied; subtract it (e.g. "
+            f"rewrite the scan with RescaleIntercept applied) or fix the header"
         )
 
 
