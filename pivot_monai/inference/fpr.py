@@ -258,6 +258,7 @@ class CandidateClassifier:
         self.network = network.to(self.device).eval()
         self.fov_mm, self.grid = tuple(float(f) for f in fov_mm), int(grid)
         self.fusion_weight, self.batch_size, self.detector = float(fusion_weight), int(batch_size), detector
+        self.path: Path | None = None
         if network.num_scales != len(self.fov_mm):
             raise ValueError(f"classifier has {network.num_scales} scale streams but {len(self.fov_mm)} fov_mm given")
 
@@ -294,6 +295,13 @@ class CandidateClassifier:
             candidates.world[order], fused[order], pick(candidates.diameter_mm), pick(candidates.malignancy)
         )
         return rescored, order
+
+    def to_dict(self) -> dict[str, Any]:
+        """What reports record of the classifier (``infer_report.json``, ``metrics.json``: ``settings.fpr``)."""
+        return {
+            "checkpoint": None if self.path is None else str(self.path), "fov_mm": list(self.fov_mm),
+            "grid": self.grid, "fusion_weight": self.fusion_weight, "detector": self.detector,
+        }  # fmt: skip
 
     def save(self, path: str | Path, **extra: Any) -> Path:
         """Write the self-describing checkpoint (module docstring); ``extra`` keys are stored too."""
@@ -336,10 +344,12 @@ class CandidateClassifier:
         network = MultiScaleClassifier(**dict(state["network"]))
         network.load_state_dict(state["model"])
         patches = state["patches"]
-        return cls(
+        loaded = cls(
             network, patches["fov_mm"], int(patches["grid"]), float(state.get("fusion_weight", 0.5)), device,
             detector=state.get("detector"),
         )  # fmt: skip
+        loaded.path = p
+        return loaded
 
 
 def resolve_classifier(
