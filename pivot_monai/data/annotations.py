@@ -3,11 +3,17 @@
 ``annotations.csv`` columns: ``seriesuid,coordX,coordY,coordZ,diameter_mm`` in world millimetres (LPS), plus an
 optional LIDC-style ``malignancy`` rating 1-5. Extra columns are ignored. ``annotations_excluded.csv`` has the same
 columns; a diameter of ``-1`` (LUNA16's "unknown") is kept as is and interpreted by the FROC code.
+
+Reading is strict about what cannot be meant (a missing column, a non-number, a non-positive diameter: an
+:class:`AnnotationError` naming the file and line) and forgiving, with a warning, about what can be repaired: a row
+repeated exactly is kept once, and a diameter above :data:`MAX_DIAMETER_MM` (the largest lung mass a detector of
+nodules should be told about; LUNA16's largest nodule is 32 mm) is capped to it.
 """
 
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from collections import defaultdict
 from dataclasses import dataclass
@@ -17,6 +23,7 @@ import numpy as np
 
 __all__ = [
     "DEFAULT_MALIGNANCY_THRESHOLD",
+    "MAX_DIAMETER_MM",
     "AnnotationError",
     "Nodule",
     "read_annotations",
@@ -25,7 +32,12 @@ __all__ = [
     "write_annotations",
 ]
 
+logger = logging.getLogger(__name__)
+
 DEFAULT_MALIGNANCY_THRESHOLD = 4.0
+MAX_DIAMETER_MM = 60.0
+"""Largest plausible finding diameter (mm): lung masses reach about 6 cm; a larger value is a radius in voxels, a
+unit error or a typo, and would paint a label over most of the lung."""
 _REQUIRED = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 
 
@@ -69,15 +81,19 @@ def _parse_float(value: str, *, path: Path, line: int, column: str) -> float:
         raise AnnotationError(f"{path}:{line}: column {column!r} must be a number, got {value!r}") from None
 
 
-def read_annotations(path: str | Path, *, excluded: bool = False) -> dict[str, list[Nodule]]:
+def read_annotations(
+    path: str | Path, *, excluded: bool = False, max_diameter_mm: float = MAX_DIAMETER_MM
+) -> dict[str, list[Nodule]]:
     """Read a LUNA16 annotation CSV into ``{seriesuid: [Nodule, ...]}``.
 
     Args:
         path: ``annotations.csv`` or ``annotations_excluded.csv``.
         excluded: the file lists excluded findings, where a diameter of ``-1`` (unknown) is allowed.
+        max_diameter_mm: larger diameters are capped to this, with a warning. Default :data:`MAX_DIAMETER_MM`.
 
     Returns:
-        Findings grouped by seriesuid, in file order.
+        Findings grouped by seriesuid, in file order; a row identical to an earlier one (same seriesuid, centre to
+        1 micrometre, diameter and rating) is dropped, with one warning giving the count and the first lines.
 
     Raises:
         AnnotationError: missing columns, non-numeric values, NaN or non-positive diameter, malignancy outside 1-5.
@@ -87,7 +103,10 @@ def read_annotations(path: str | Path, *, excluded: bool = False) -> dict[str, l
     if not p.exists():
         raise FileNotFoundError(f"{p}: annotation file not found (expected LUNA16 columns {', '.join(_REQUIRED)})")
     out: dict[str, list[Nodule]] = defaultdict(list)
-    with p.open(newline="") as fh:
+    seen: dict[tuple, int] = {}
+    duplicates: list[str] = []
+    capped: list[str] = []
+    with p.open(newline="", encoding="utf-8-sig") as fh:  # -sig: a spreadsheet's byte-order mark is not a column
         reader = csv.DictReader(fh)
         missing = [c for c in _REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
@@ -114,7 +133,33 @@ def read_annotations(path: str | Path, *, excluded: bool = False) -> dict[str, l
                 rating = _parse_float(row["malignancy"], path=p, line=line, column="malignancy")
                 if not 1.0 <= rating <= 5.0:
                     raise AnnotationError(f"{p}:{line}: malignancy must be an LIDC rating in 1..5, got {rating}")
+            if diameter > max_diameter_mm:
+                capped.append(f"line {line} ({uid}: {diameter:g} mm)")
+                diameter = float(max_diameter_mm)
+            key = (uid, *(round(v, 3) for v in xyz), round(diameter, 3), rating)
+            if key in seen:
+                duplicates.append(f"line {line} = line {seen[key]}")
+                continue
+            seen[key] = line
             out[uid].append(Nodule(uid, xyz, diameter, rating))
+    if duplicates:
+        logger.warning(
+            "%s: %d duplicated row(s) removed (%s%s)",
+            p,
+            len(duplicates),
+            ", ".join(duplicates[:3]),
+            ", ..." if len(duplicates) > 3 else "",
+        )
+    if capped:
+        logger.warning(
+            "%s: %d diameter(s) above the plausible %g mm capped to it (%s%s); check the diameter_mm column "
+            "(a radius, voxels or cm?)",
+            p,
+            len(capped),
+            max_diameter_mm,
+            ", ".join(capped[:3]),
+            ", ..." if len(capped) > 3 else "",
+        )
     return dict(out)
 
 

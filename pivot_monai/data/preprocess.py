@@ -463,7 +463,8 @@ def preprocess_scan(
     """Preprocess one raw scan and write ``image.nii.gz``, ``label.nii.gz`` and ``meta.json``.
 
     Raises:
-        ScanError: unreadable/truncated scan, or an annotation outside the image. Nothing is written then.
+        ScanError: unreadable/truncated scan. Nothing is written then. An annotation outside the image is skipped
+            with a warning; the scan is processed with the others.
     """
     scan_path = Path(scan_path)
     try:
@@ -471,13 +472,19 @@ def preprocess_scan(
     except CTReadError as err:
         raise ScanError(str(err)) from err
     raw_geom = raw_geometry(raw)
-    for n in nodules:
-        if not raw_geom.contains_index(raw_geom.world_to_index(np.asarray(n.world)))[0]:
-            raise ScanError(
-                f"{scan_path}: annotation at world {list(n.world)} mm (diameter {n.diameter_mm} mm) lies "
-                f"outside the image (origin {raw_geom.origin.tolist()}, size {list(raw_geom.size)}, "
-                f"spacing {raw_geom.spacing.tolist()}); check the seriesuid and the coordinate columns"
-            )
+    outside = [n for n in nodules if not raw_geom.contains_index(raw_geom.world_to_index(np.asarray(n.world)))[0]]
+    for n in outside:  # one bad row costs that finding, not the scan
+        logger.warning(
+            "%s: annotation at world %s mm (diameter %g mm) lies outside the image (origin %s, size %s, spacing %s); "
+            "skipped: check the seriesuid and the coordinate columns",
+            scan_path,
+            list(n.world),
+            n.diameter_mm,
+            raw_geom.origin.tolist(),
+            list(raw_geom.size),
+            raw_geom.spacing.tolist(),
+        )
+    nodules = [n for n in nodules if n not in outside]
     world = np.asarray([n.world for n in nodules], dtype=float).reshape(-1, 3)
     radius = np.asarray([n.diameter_mm / 2.0 for n in nodules], dtype=float)
     scan = preprocess_image(raw, cfg, world, radius)

@@ -161,7 +161,13 @@ def preprocess_dataset(
         jobs.append((uid, path, raw.annotations.get(uid, []), raw.excluded.get(uid, []), out, cfg, extra))
     orphans = sorted(set(raw.annotations) - set(raw.scans))
     if orphans:
-        logger.info("%d annotated seriesuid(s) have no scan under %s (other subsets?)", len(orphans), input_dir)
+        logger.warning(
+            "%d annotated seriesuid(s) have no scan under %s (other subsets, or a typo in annotations.csv?): %s%s",
+            len(orphans),
+            input_dir,
+            ", ".join(orphans[:5]),
+            ", ..." if len(orphans) > 5 else "",
+        )
     bar = tqdm(total=len(jobs), desc="preprocess", unit="scan", disable=None)
     if workers <= 1:
         results = (_run_one(j) for j in jobs)

@@ -90,7 +90,7 @@ def _break(root, case):
     return uid
 
 
-@pytest.mark.parametrize("case", ["missing_raw", "truncated_raw", "unreadable", "outside", "unknown_uid"])
+@pytest.mark.parametrize("case", ["missing_raw", "truncated_raw", "unreadable", "unknown_uid"])
 def test_broken_scan_is_reported_and_others_continue(make_raw_dataset, tmp_path, case, caplog):
     root, truth = make_raw_dataset({k: v for k, v in list(_geoms().items())[:2]})
     bad = _break(root, case)
@@ -105,12 +105,28 @@ def test_broken_scan_is_reported_and_others_continue(make_raw_dataset, tmp_path,
         "missing_raw": "missing",
         "truncated_raw": "truncated",
         "unreadable": "unreadable",
-        "outside": "outside the image",
         "unknown_uid": "seriesuid list",
     }[case] in err
     good = [u for u in truth if u != bad]
     assert report["ok"] == good and (out / good[0] / "meta.json").exists()
     assert not (out / bad / "meta.json").exists()
+
+
+def test_an_annotation_outside_its_image_is_skipped_with_a_warning_and_the_scan_kept(
+    make_raw_dataset, tmp_path, caplog
+):
+    root, truth = make_raw_dataset({k: v for k, v in list(_geoms().items())[:2]})
+    bad = _break(root, "outside")
+    out = tmp_path / "processed"
+    with caplog.at_level("WARNING"):
+        code = main(["preprocess", "--input-dir", str(root), "--output-dir", str(out)])
+    assert code == 0
+    report = json.loads((out / "preprocess_report.json").read_text())
+    assert report["ok"] == sorted(truth) and not report["failed"]
+    assert json.loads((out / bad / "meta.json").read_text())["nodules"] == []
+    good = next(u for u in truth if u != bad)
+    assert len(json.loads((out / good / "meta.json").read_text())["nodules"]) == 1
+    assert "outside the image" in caplog.text and "skipped" in caplog.text and bad in caplog.text
 
 
 @pytest.mark.parametrize("diameter", ["nan", "0", "-2"])
