@@ -32,7 +32,7 @@ class Command:
 
 
 def add_config_argument(p: argparse.ArgumentParser, what: str) -> None:
-    """``-c/--config``: a user YAML merged over ``bundle/configs/train.yaml`` (:func:`pivot_monai.config.load_config`)."""
+    """``-c/--config``: a user YAML merged over ``bundle/configs/train.yaml`` (see :mod:`pivot_monai.config`)."""
     p.add_argument(
         "-c",
         "--config",

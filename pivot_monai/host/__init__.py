@@ -116,7 +116,8 @@ class HostTuning:
             import torch
 
             torch.set_num_threads(int(self.num_threads))
-        reuse_freed_memory(self.reuse_freed_memory)
+        if self.reuse_freed_memory:
+            reuse_freed_memory()
         return self
 
     def prepare_network(self, network: Any) -> Any:

@@ -12,7 +12,7 @@ The MONAI bundle route gives the same TorchScript file with the bundle's metadat
 
     python -m monai.bundle ckpt_export network_def --filepath bundle/models/model.ts \\
         --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \\
-        --config_file bundle/configs/inference.yaml
+        --config_file "['bundle/configs/train.yaml','bundle/configs/inference.yaml']"
 """
 
 from __future__ import annotations

@@ -61,7 +61,8 @@ class Predictor:
             :meth:`window`); ``None`` slides ``roi_size`` windows. Default None.
         multiple: fitted windows are multiples of it (``2 ** model.depth``). Default 16.
         autocast: run the network under ``torch.autocast`` on ``device`` (mixed precision; see
-            :func:`~pivot_monai.inference.settings.inference_autocast`); the maps come back float32 either way. Default False.
+            :func:`~pivot_monai.inference.settings.inference_autocast`); the maps come back float32 either way.
+            Default False.
         autocast_dtype: the autocast dtype (``device.amp_dtype``). Default ``torch.float16``.
 
     Example:

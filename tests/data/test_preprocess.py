@@ -156,9 +156,9 @@ def test_config_data_section_is_used(tmp_path):
         "data:\n  target_spacing: [2.0, 2.0, 2.5]\n  hu_window: [-1200, 600]\n"
         "  lung_crop: {enabled: false, margin_mm: 3}\n"
     )
-    from pivot_monai.train_config import load_data_section
+    from pivot_monai.config import load_section
 
-    cfg = PreprocessConfig.from_data_section(load_data_section(cfg_file))
+    cfg = PreprocessConfig.from_data_section(load_section("data", cfg_file))
     assert cfg.target_spacing == (2.0, 2.0, 2.5) and cfg.hu_window == (-1200.0, 600.0)
     assert cfg.lung_crop is False and cfg.crop_margin_mm == 3.0
     with pytest.raises(ValueError, match="hu_window"):

@@ -10,11 +10,10 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
-from pivot_monai.engines import runtime
+from pivot_monai.host import allocator
 from pivot_monai.engines.runtime import (
     AutocastInferer,
     amp_dtype,
-    reuse_freed_memory,
     select_device,
     use_amp,
     use_cpu_autocast,
@@ -85,7 +84,7 @@ def test_cuda_device_from_local_rank(monkeypatch):
 _REALLOC_SCRIPT = """
 import resource, sys, torch
 if sys.argv[1] == "on":
-    from pivot_monai.engines.runtime import reuse_freed_memory
+    from pivot_monai.host.allocator import reuse_freed_memory
     assert reuse_freed_memory() is True
 faults = []
 for _ in range(24):  # a 64 MB activation-sized block, allocated, written and freed, as each forward does
@@ -112,6 +111,8 @@ def test_reuse_freed_memory_serves_a_reallocated_block_without_page_faults():
 
 
 def test_reuse_freed_memory_is_a_no_op_when_disabled_or_off_glibc(monkeypatch):
+    from pivot_monai.host.allocator import reuse_freed_memory
+
     assert reuse_freed_memory(False) is False
     monkeypatch.setattr(platform, "libc_ver", lambda: ("musl", "1.2"))
     assert reuse_freed_memory(True) is False
@@ -119,7 +120,7 @@ def test_reuse_freed_memory_is_a_no_op_when_disabled_or_off_glibc(monkeypatch):
 
 def test_select_device_applies_reuse_freed_memory(monkeypatch):
     calls = []
-    monkeypatch.setattr(runtime, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or True)
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or True)
     select_device("cpu")
     assert calls == []
     select_device("cpu", reuse_memory=True)
@@ -129,10 +130,10 @@ def test_select_device_applies_reuse_freed_memory(monkeypatch):
 def test_bundle_device_section_passes_reuse_freed_memory(monkeypatch):
     from monai.bundle import ConfigParser
 
-    from pivot_monai.train_config import default_config_path
+    from pivot_monai.config import default_config_path
 
     calls = []
-    monkeypatch.setattr(runtime, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or True)
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or True)
     parser = ConfigParser()
     parser.read_config(str(default_config_path()))
     assert parser["device"]["reuse_freed_memory"] is True
@@ -149,7 +150,7 @@ def test_bundle_device_section_passes_reuse_freed_memory(monkeypatch):
     [({"avx2": True}, False), ({"avx512_bf16": True}, True), ({"amx_bf16": True, "avx2": True}, True), ({}, False)],
 )
 def test_cpu_has_native_bf16_reads_the_cpu_capabilities(monkeypatch, caps, expected):
-    from pivot_monai.engines.runtime import cpu_has_native_bf16
+    from pivot_monai.host import cpu_has_native_bf16
 
     monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
     assert cpu_has_native_bf16() is expected

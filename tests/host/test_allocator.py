@@ -9,14 +9,13 @@ import threading
 
 import pytest
 
-from pivot_monai.engines.prefault import MIN_BYTES, HeapPrefault, heap_free_bytes
+from pivot_monai.host.allocator import MIN_BYTES, HeapPrefault, heap_free_bytes
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
 _SCRIPT = """
 import resource, sys, torch
-from pivot_monai.engines.prefault import HeapPrefault
-from pivot_monai.engines.runtime import heap_keeps_freed, reuse_freed_memory
+from pivot_monai.host.allocator import HeapPrefault, heap_keeps_freed, reuse_freed_memory
 assert reuse_freed_memory() and heap_keeps_freed()
 def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 n = 48 * 2**20  # a 48 MB activation, as a forward allocates it
@@ -69,7 +68,7 @@ def test_start_happens_once_and_release_is_idempotent():
 def test_heap_free_bytes_counts_a_freed_block():
     import ctypes
 
-    from pivot_monai.engines.prefault import c_library
+    from pivot_monai.host.allocator import c_library
 
     libc = c_library()
     before = heap_free_bytes()

@@ -1,4 +1,4 @@
-"""Tests for pivot_monai.networks.cpu_inference: oneDNN convolutions at any batch size, batch norm and activation
+"""Tests for pivot_monai.host.onednn: oneDNN convolutions at any batch size, batch norm and activation
 fusion."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from pivot_monai.inference.inferers import FittedWindowInferer
 from pivot_monai.networks import PivotDetector
-from pivot_monai.networks.cpu_inference import (
+from pivot_monai.host.onednn import (
     ConvActivation3d,
     OneDNNConvolutions,
     fuse_activations,
@@ -118,7 +118,7 @@ def test_the_fitted_window_inferer_runs_a_lung_box_window_on_onednn():
 
 
 def test_the_mode_is_off_where_it_was_not_measured(monkeypatch):
-    import pivot_monai.networks.cpu_inference as cpu_inference
+    import pivot_monai.host.onednn as cpu_inference
 
     monkeypatch.setattr(cpu_inference.platform, "machine", lambda: "aarch64")
     assert not onednn_available()

@@ -109,3 +109,12 @@ def tiny_config(tmp_path):
         return path
 
     return _write
+
+
+def tiny_settings(data=None, inference=None, model=None, device_cfg=None, **flags):
+    """``InferenceSettings`` of the tiny configs on the CPU (``flags``: the command-line flags)."""
+    from pivot_monai.inference.settings import InferenceSettings
+
+    sections = {"data": data or TINY_DATA, "model": model or {}, "inference": inference or TINY_INFERENCE}
+    sections["device"] = device_cfg or {}
+    return InferenceSettings.from_config(sections, device=flags.pop("device", "cpu"), **flags)

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from pivot_monai.infer import main as infer_main
-from pivot_monai.inference.predictor import Predictor, inference_autocast
+from pivot_monai.cli import main as pivot_main
+from pivot_monai.inference.predictor import Predictor
+from pivot_monai.inference.settings import inference_autocast
 from pivot_monai.metrics import read_submission_csv
 from pivot_monai.networks import build_network
 from tests.inference.conftest import tricky_geometries
@@ -82,7 +83,7 @@ def test_pivot_infer_amp_flag_reaches_the_predictor(make_raw_dataset, tiny_check
     out = tmp_path / "out"
     argv = ["--checkpoint", str(tiny_checkpoint), "--input", str(root), "--output", str(out)]
     argv += ["--config", str(tiny_config(score_threshold=0.0)), "--device", "cpu", *flag]
-    assert infer_main(argv) == 0
+    assert pivot_main(["infer", *argv]) == 0
     report = json.loads((out / "infer_report.json").read_text())
     # train.yaml: mixed_precision true, which a CPU ignores unless force_cpu_amp; --amp turns bf16 autocast on
     assert report["settings"]["autocast"] == ("bfloat16" if flag else None)

@@ -1,22 +1,21 @@
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 
 import numpy as np
 import pytest
 
+from pivot_monai.cli import main as pivot_main
 from pivot_monai.data.annotations import Nodule
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import write_image
 from pivot_monai.data.preprocess import PreprocessConfig, nodule_label_volume
 from pivot_monai.data.raw_dataset import preprocess_dataset
-from pivot_monai.inference.commands import add_evaluate_arguments, run_evaluate
 from pivot_monai.inference.evaluate import PER_NODULE_COLUMNS, discover_cases, evaluate, scan_detection_dice
 from pivot_monai.metrics import ScanCandidates, compute_froc
 from tests.conftest import FLIP_Z, REPO_ROOT
-from tests.inference.conftest import TINY_DATA, TINY_INFERENCE, tricky_geometries
+from tests.inference.conftest import TINY_DATA, tiny_settings, tricky_geometries
 
 METRIC_KEYS = {
     "cpm",
@@ -72,7 +71,7 @@ def test_evaluate_on_a_processed_split_with_the_oracle(processed_split, oracle, 
     _, split, truth = processed_split
     assert {c.seriesuid for c in discover_cases(split)} == set(truth)
     out = tmp_path / "eval"
-    metrics = evaluate(oracle, split, out, data=TINY_DATA, inference=TINY_INFERENCE, bootstrap=50)
+    metrics = evaluate(oracle, split, out, tiny_settings(), bootstrap=50)
     assert METRIC_KEYS <= set(metrics)
     assert metrics["cpm"] > 0.95 and metrics["n_nodules"] == len(truth) and metrics["n_failed"] == 0
     assert metrics["cpm_ci"][0] <= metrics["cpm"] <= metrics["cpm_ci"][1]
@@ -89,19 +88,16 @@ def test_evaluate_on_a_processed_split_with_the_oracle(processed_split, oracle, 
 
 def test_evaluate_on_a_raw_folder_has_no_dice_and_exit_code_0(make_raw_dataset, oracle, tmp_path):
     root, truth = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
-    metrics = evaluate(oracle, root, tmp_path / "eval", data=TINY_DATA, inference=TINY_INFERENCE, bootstrap=0)
+    metrics = evaluate(oracle, root, tmp_path / "eval", tiny_settings(), bootstrap=0)
     assert metrics["detection_dice"] is None and metrics["cpm"] == 1.0 and "cpm_ci" not in metrics
 
 
 def test_evaluate_command_exit_codes(processed_split, tiny_checkpoint, tiny_config, tmp_path):
-    parser = argparse.ArgumentParser()
-    add_evaluate_arguments(parser)
     _, split, _ = processed_split
-    base = ["--checkpoint", str(tiny_checkpoint), "--config", str(tiny_config()), "--bootstrap", "10"]
-    assert run_evaluate(parser.parse_args([*base, "--data-dir", str(split), "--output-dir", str(tmp_path / "e")])) == 0
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--config", str(tiny_config()), "--bootstrap", "10"]
+    assert pivot_main([*base, "--data-dir", str(split), "--output-dir", str(tmp_path / "e")]) == 0
     assert (tmp_path / "e" / "metrics.json").is_file()
-    missing = parser.parse_args([*base, "--data-dir", str(tmp_path / "none"), "--output-dir", str(tmp_path / "e2")])
-    assert run_evaluate(missing) == 2
+    assert pivot_main([*base, "-i", str(tmp_path / "none"), "-o", str(tmp_path / "e2")]) == 2
 
 
 def test_evaluate_yaml_layered_over_train_yaml_writes_metrics(processed_split, tiny_checkpoint, tmp_path):

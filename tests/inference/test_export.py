@@ -1,17 +1,16 @@
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
 import pytest
 import torch
 
-from pivot_monai.inference.commands import add_export_arguments, add_infer_arguments, run_export, run_infer
+from pivot_monai.cli import main as pivot_main
 from pivot_monai.inference.export import export_onnx, export_torchscript
 from pivot_monai.inference.pipeline import infer_scans
-from pivot_monai.inference.predictor import OnnxModel, load_model
+from pivot_monai.inference.settings import InferenceSettings
 from pivot_monai.metrics import read_submission_csv
 from pivot_monai.networks import OUTPUT_KEYS, build_network
+from pivot_monai.networks.checkpoint import OnnxModel, load_model
 from tests.conftest import REPO_ROOT
 from tests.inference.conftest import TINY_MODEL, tricky_geometries
 
@@ -55,46 +54,36 @@ def test_checkpoint_that_does_not_fit_the_model_config_names_the_file(tiny_check
         load_model(tiny_checkpoint, {**TINY_MODEL, "base_filters": 8})
 
 
-def _args(add, argv):
-    parser = argparse.ArgumentParser()
-    add(parser)
-    return parser.parse_args(argv)
-
-
 def test_export_command_exit_codes(tiny_checkpoint, tiny_config, tmp_path):
     cfg = str(tiny_config())
-    ok = _args(
-        add_export_arguments,
-        [
-            "--checkpoint",
-            str(tiny_checkpoint),
-            "--format",
-            "torchscript",
-            "--output",
-            str(tmp_path / "m.ts"),
-            "--config",
-            cfg,
-            "--patch-size",
-            "16",
-            "16",
-            "16",
-        ],
-    )
-    assert run_export(ok) == 0 and (tmp_path / "m.ts").is_file()
-    missing = _args(
-        add_export_arguments,
-        [
-            "--checkpoint",
-            str(tmp_path / "none.pt"),
-            "--format",
-            "onnx",
-            "--output",
-            str(tmp_path / "m.onnx"),
-            "--config",
-            cfg,
-        ],
-    )
-    assert run_export(missing) == 2
+    ok = [
+        "export",
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--format",
+        "torchscript",
+        "--output",
+        str(tmp_path / "m.ts"),
+        "--config",
+        cfg,
+        "--patch-size",
+        "16",
+        "16",
+        "16",
+    ]
+    assert pivot_main(ok) == 0 and (tmp_path / "m.ts").is_file()
+    missing = [
+        "export",
+        "--checkpoint",
+        str(tmp_path / "none.pt"),
+        "--format",
+        "onnx",
+        "--output",
+        str(tmp_path / "m.onnx"),
+        "--config",
+        cfg,
+    ]
+    assert pivot_main(missing) == 2
 
 
 def test_infer_with_the_exported_torchscript_gives_the_checkpoint_candidates(
@@ -105,11 +94,8 @@ def test_infer_with_the_exported_torchscript_gives_the_checkpoint_candidates(
     ts_path = export_torchscript(tiny_checkpoint, TINY_MODEL, tmp_path / "model.ts", (32, 32, 32))
     outputs = {}
     for name, source in (("ckpt", ["--checkpoint", str(tiny_checkpoint)]), ("ts", ["--model", str(ts_path)])):
-        args = _args(
-            add_infer_arguments,
-            [*source, "--input", str(root), "--output", str(tmp_path / name), "--config", cfg, "--device", "cpu"],
-        )
-        assert run_infer(args) == 0
+        args = ["infer", *source, "--input", str(root), "--output", str(tmp_path / name), "--config", cfg]
+        assert pivot_main([*args, "--device", "cpu"]) == 0
         outputs[name] = read_submission_csv(tmp_path / name / "candidates.csv")
     assert outputs["ckpt"].keys() == outputs["ts"].keys()
     for uid, ref in outputs["ckpt"].items():
@@ -136,7 +122,7 @@ def test_monai_ckpt_export_scripts_the_dict_network(tiny_checkpoint, tmp_path):
         filepath=str(path),
         ckpt_file=str(tiny_checkpoint),
         meta_file=str(REPO_ROOT / "bundle/configs/metadata.json"),
-        config_file=str(REPO_ROOT / "bundle/configs/inference.yaml"),
+        config_file=[str(REPO_ROOT / "bundle/configs/train.yaml"), str(REPO_ROOT / "bundle/configs/inference.yaml")],
         **{"model#base_filters": 4, "model#depth": 2},
     )
     extra = {"metadata.json": "", "inference.json": ""}
@@ -161,7 +147,7 @@ def test_default_size_detector_exports_and_infers_identically_with_tta(make_raw_
     inference = {"score_threshold": 0.0, "tta": {"enabled": True, "num_augmentations": 4}}
     results = {}
     for name, model in (("ckpt", ckpt), ("onnx", onnx_path), ("ts", ts_path)):
-        report = infer_scans(root, tmp_path / name, model, inference=inference, device="cpu")
+        report = infer_scans(root, tmp_path / name, model, InferenceSettings.from_config({"inference": inference}))
         assert not report["failed"] and report["settings"]["tta"][:2] == ["identity", "flip_x"]
         results[name] = read_submission_csv(tmp_path / name / "candidates.csv")
     for name in ("onnx", "ts"):
@@ -174,14 +160,15 @@ def test_default_size_detector_exports_and_infers_identically_with_tta(make_raw_
 
 @pytest.mark.parametrize("setting", [None, False])
 def test_infer_command_applies_device_reuse_freed_memory(tiny_config, tmp_path, monkeypatch, setting):
-    from pivot_monai.engines import runtime
+    from pivot_monai.host import allocator
 
     calls = []
-    monkeypatch.setattr(runtime, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or enabled)
+    monkeypatch.setattr(allocator, "reuse_freed_memory", lambda enabled=True: calls.append(enabled) or enabled)
     cfg = tiny_config()
     if setting is not None:
         cfg.write_text(cfg.read_text() + f"device: {{reuse_freed_memory: {str(setting).lower()}}}\n")
-    args = _args(add_infer_arguments, ["--checkpoint", str(tmp_path / "missing.pt"), "--input", str(tmp_path),
-                                       "--output", str(tmp_path / "out"), "--config", str(cfg)])  # fmt: skip
-    assert run_infer(args) == 2  # the missing checkpoint, after the host settings were applied
-    assert calls == [True if setting is None else setting]
+    args = ["infer", "--checkpoint", str(tmp_path / "missing.pt"), "-i", str(tmp_path), "-o", str(tmp_path / "out")]
+    assert (
+        pivot_main([*args, "--config", str(cfg)]) == 2
+    )  # the missing checkpoint, after the host settings were applied
+    assert calls == ([True] if setting is None else [])  # applied by default, not called when disabled

@@ -13,6 +13,7 @@ from pivot_monai.cli import main
 from pivot_monai.data.annotations import Nodule
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
+from pivot_monai.inference.classify import read_candidates_csv
 from pivot_monai.inference.fpr import (
     CandidateClassifier,
     FPRSettings,
@@ -20,7 +21,6 @@ from pivot_monai.inference.fpr import (
     extract_patches,
     fuse_probability,
     load_fpr_section,
-    read_candidates_csv,
     resolve_classifier,
 )
 from pivot_monai.inference.fpr_train import augment_batch, train_classifier
@@ -234,3 +234,75 @@ def test_pivot_classify_reads_the_fp_track_format_and_reports_missing_scans(tiny
 def test_pivot_classify_without_a_classifier_exits_2_naming_the_flag(tmp_path):
     src = write_submission_csv(tmp_path / "c.csv", {})
     assert main(["classify", "--candidates", str(src), "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
+
+
+# ------------------------------------------------------------------------------------------------ pivot infer/evaluate
+def test_pivot_infer_fuses_the_classifier_next_to_the_checkpoint_and_no_fpr_turns_it_off(
+    make_raw_dataset, tiny_checkpoint, tiny_config, tmp_path
+):
+    from tests.inference.conftest import TINY_DATA, tricky_geometries
+
+    uid, geom = next(iter(tricky_geometries().items()))
+    root, _ = make_raw_dataset({uid: geom})
+    clf = _classifier()
+    clf.save(tiny_checkpoint.with_name("fpr.pt"))
+    base = ["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(root), "--device", "cpu",
+            "--config", str(tiny_config(score_threshold=0.0, max_candidates=10))]  # fmt: skip
+    assert main([*base, "--output", str(tmp_path / "fpr")]) == 0
+    assert main([*base, "--output", str(tmp_path / "plain"), "--no-fpr"]) == 0
+    fused = read_submission_csv(tmp_path / "fpr" / "candidates.csv")[uid]
+    plain = read_submission_csv(tmp_path / "plain" / "candidates.csv")[uid]
+    settings = [json.loads((tmp_path / d / "infer_report.json").read_text())["settings"] for d in ("fpr", "plain")]
+    assert settings[0]["fpr"]["checkpoint"] == str(tiny_checkpoint.with_name("fpr.pt")) and settings[1]["fpr"] is None
+    # the fused probability is detector^0.5 * classifier^0.5 of the same candidates, re-sorted
+    cfg = PreprocessConfig.from_data_section(TINY_DATA)
+    scan = preprocess_image(read_for_preprocessing(root / "subset0" / f"{uid}.mhd", cfg), cfg)
+    expected = fuse_probability(plain.probability, clf.score(scan.image, scan.geometry, plain.world), 0.5)
+    order = np.argsort(-expected, kind="stable")
+    np.testing.assert_allclose(fused.world, plain.world[order], atol=1e-6)
+    np.testing.assert_allclose(fused.probability, expected[order], atol=1e-5)
+
+
+def test_pivot_evaluate_runs_an_explicit_classifier_and_records_it(
+    tiny_processed, tiny_checkpoint, tiny_config, tmp_path
+):
+    ckpt = _classifier().save(tmp_path / "elsewhere" / "my_fpr.pt")
+    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(tiny_processed / "test"),
+            "--config", str(tiny_config(score_threshold=0.0)), "--bootstrap", "0", "--device", "cpu"]  # fmt: skip
+    assert main([*base, "--output-dir", str(tmp_path / "e"), "--classifier", str(ckpt)]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["settings"]["fpr"]["checkpoint"] == str(ckpt) and 0.0 <= metrics["cpm"] <= 1.0
+
+
+def test_fpr_yaml_bundle_trains_on_the_detectors_candidates(tiny_processed, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from tests.conftest import REPO_ROOT
+    from tests.inference.conftest import TINY_MODEL
+
+    models = tmp_path / "models"
+    models.mkdir()
+    torch.manual_seed(0)
+    from pivot_monai.networks import build_network
+
+    torch.save(build_network(TINY_MODEL).state_dict(), models / "model.pt")
+    overrides = {
+        "data#train_dir": str(tiny_processed / "train"),
+        "data#patch_size": [32, 32, 32],
+        "checkpointing#dir": str(models),
+        "inference#score_threshold": 0.0,
+        "inference#max_candidates": 20,
+        "device#type": "cpu",
+        "logging#tensorboard": False,
+        **{f"model#{k}": v for k, v in TINY_MODEL.items()},
+        **{f"fpr#{k}": v for k, v in TINY_FPR.items()},
+    }
+    configs = [str(REPO_ROOT / "bundle/configs/train.yaml"), str(REPO_ROOT / "bundle/configs/fpr.yaml")]
+    workflow = ConfigWorkflow(config_file=configs, workflow_type=None, **overrides)
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    report = json.loads((models / "fpr_report.json").read_text())
+    assert report["detector"] == str(models / "model.pt") and report["n_samples"]["fp"] > 0
+    assert CandidateClassifier.load(models / "fpr.pt").detector == "model.pt"
+    assert (models / "fpr_train_candidates.csv").is_file()

@@ -99,14 +99,21 @@ def test_fitted_windows_give_the_patch_windows_maps_with_far_fewer_forwards():
     assert voxels < 2 * x.numel() < sum(torch.Size(w).numel() for w in patch_net.windows)
 
 
-def test_predictor_from_config_reads_roi_size_and_checks_it():
+def test_predictor_from_settings_reads_roi_size_and_checks_it():
+    from pivot_monai.inference.settings import InferenceSettings
+
+    def settings(model=None, inference=None):
+        return InferenceSettings.from_config(
+            {"data": {"patch_size": [16, 16, 16]}, "model": model, "inference": inference}
+        )
+
     net = _Pointwise()
-    p = Predictor.from_config(net, {"patch_size": [16, 16, 16]}, {"depth": 2}, {"roi_size": [32, 32, 32]})
+    p = Predictor.from_settings(net, settings({"depth": 2}, {"roi_size": [32, 32, 32]}))
     assert p.max_roi == (32, 32, 32) and p.multiple == 4
     assert p.window((40, 20, 12)) == (28, 20, 16)
-    assert Predictor.from_config(net, {"patch_size": [16, 16, 16]}).window((40, 20, 12)) == (16, 16, 16)
+    assert Predictor.from_settings(net, settings()).window((40, 20, 12)) == (16, 16, 16)
     with pytest.raises(ValueError, match="inference.roi_size must be 3 sizes >= data.patch_size"):
-        Predictor.from_config(net, {"patch_size": [16, 16, 16]}, None, {"roi_size": [8, 8, 8]})
+        Predictor.from_settings(net, settings(None, {"roi_size": [8, 8, 8]}))
 
 
 def test_sliding_window_inferer_inside_tta_inferer_matches_predictor():

@@ -14,20 +14,21 @@ import SimpleITK as sitk
 import torch
 import yaml
 
+from pivot_monai.cli import main as pivot_main
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import read_sitk, write_image
-from pivot_monai.infer import main as infer_main
 from pivot_monai.inference.pipeline import infer_scans, scan_datalist
 from pivot_monai.metrics import SUBMISSION_COLUMNS, read_submission_csv
 from tests.conftest import REPO_ROOT, _make_phantom, _nodule_in_left_lung
 from tests.data.test_io import _write_dicom_series
-from tests.inference.conftest import TINY_DATA, TINY_INFERENCE, TINY_MODEL, OracleNet, tricky_geometries
+from tests.inference.conftest import TINY_DATA, TINY_INFERENCE, TINY_MODEL, OracleNet, tiny_settings, tricky_geometries
 
 HEADER = [*SUBMISSION_COLUMNS, "diameter_mm", "malignancy_probability"]
 
 
 def _infer_oracle(root, out, model, **kwargs):
-    return infer_scans([root], out, model, data=TINY_DATA, inference=TINY_INFERENCE, **kwargs)
+    outputs = {k: kwargs.pop(k) for k in list(kwargs) if k in ("save_heatmap", "save_previews", "num_previews")}
+    return infer_scans([root], out, model, tiny_settings(**kwargs), **outputs)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
@@ -63,9 +64,7 @@ def test_csv_has_the_luna16_header_and_at_most_max_candidates_per_scan(make_raw_
         root,
         tmp_path / "out",
         tiny_checkpoint,
-        data=TINY_DATA,
-        model_cfg=TINY_MODEL,
-        inference={**TINY_INFERENCE, "score_threshold": 0.0, "max_candidates": 7},
+        tiny_settings(model=TINY_MODEL, inference={**TINY_INFERENCE, "score_threshold": 0.0, "max_candidates": 7}),
     )
     path = tmp_path / "out" / "candidates.csv"
     with path.open(newline="") as fh:
@@ -113,7 +112,7 @@ def test_bad_inputs_fail_alone_and_exit_1(make_raw_dataset, tiny_checkpoint, tin
         "cpu",
     ]
     with caplog.at_level(logging.ERROR):
-        assert infer_main(argv) == 1
+        assert pivot_main(["infer", *argv]) == 1
     report = json.loads((out / "infer_report.json").read_text())
     assert report["ok"] == list(truth)
     failed = {f["seriesuid"]: f for f in report["failed"]}
@@ -127,10 +126,13 @@ def test_bad_inputs_fail_alone_and_exit_1(make_raw_dataset, tiny_checkpoint, tin
 def test_missing_input_or_checkpoint_exit_2(make_raw_dataset, tiny_checkpoint, tmp_path):
     root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
     out = str(tmp_path / "out")
-    assert infer_main(["--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "nope"), "--output", out]) == 2
-    assert infer_main(["--checkpoint", str(tmp_path / "nope.pt"), "--input", str(root), "--output", out]) == 2
+    assert (
+        pivot_main(["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(tmp_path / "nope"), "--output", out])
+        == 2
+    )
+    assert pivot_main(["infer", "--checkpoint", str(tmp_path / "nope.pt"), "--input", str(root), "--output", out]) == 2
     with pytest.raises(SystemExit) as exc:  # argparse: neither --checkpoint nor --model
-        infer_main(["--input", str(root), "--output", out])
+        pivot_main(["infer", "--input", str(root), "--output", out])
     assert exc.value.code == 2
 
 
@@ -168,11 +170,11 @@ def test_the_raw_scan_is_kept_only_when_an_output_needs_it(make_raw_dataset, ora
     (uid,) = truth
     path = root / "subset0" / f"{uid}.mhd"
     predictor = Predictor(oracle, TINY_DATA["patch_size"])
-    plain = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    plain = InferencePipeline(predictor, tiny_settings()).predict(path)
     assert plain.raw is None and len(plain.candidates) > 0  # released before the network: its memory is reused
-    kept = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE, save_heatmap=True).predict(path)
+    kept = InferencePipeline(predictor, tiny_settings(), save_heatmap=True).predict(path)
     assert isinstance(kept.raw, sitk.Image) and kept.raw.GetSize() == read_sitk(path).GetSize()
-    assert InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path, keep_raw=True).raw is not None
+    assert InferencePipeline(predictor, tiny_settings()).predict(path, keep_raw=True).raw is not None
     np.testing.assert_allclose(kept.candidates.world, plain.candidates.world)
 
 
@@ -188,13 +190,13 @@ def _bundle_sections() -> tuple[dict, dict]:
     return train, infer
 
 
-def test_inference_yaml_repeats_the_train_yaml_defaults():
+def test_inference_yaml_is_layered_over_train_yaml_and_repeats_none_of_its_sections():
     train, infer = _bundle_sections()
-    assert infer["model"] == train["model"]
-    for key, value in infer["data"].items():
-        assert train["data"][key] == value, key
-    for key, value in train["inference"].items():
-        assert infer["inference"][key] == value, key
+    for section in ("data", "model", "inference", "device", "network_def"):
+        assert section in train and section not in infer, section
+
+
+INFERENCE_BUNDLE = [str(REPO_ROOT / "bundle/configs/train.yaml"), str(REPO_ROOT / "bundle/configs/inference.yaml")]
 
 
 def test_inference_yaml_has_the_monai_infer_properties(make_raw_dataset, tiny_checkpoint, tmp_path):
@@ -202,7 +204,7 @@ def test_inference_yaml_has_the_monai_infer_properties(make_raw_dataset, tiny_ch
 
     root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:1]))
     workflow = ConfigWorkflow(
-        config_file=str(REPO_ROOT / "bundle/configs/inference.yaml"),
+        config_file=INFERENCE_BUNDLE,
         workflow_type="infer",
         input=str(root),
         output=str(tmp_path / "out"),
@@ -222,7 +224,7 @@ def test_monai_bundle_run_inference_yaml_writes_candidates(make_raw_dataset, tin
         "monai.bundle",
         "run",
         "--config_file",
-        "bundle/configs/inference.yaml",
+        "['bundle/configs/train.yaml','bundle/configs/inference.yaml']",
         "--input",
         str(root),
         "--output",
@@ -237,8 +239,8 @@ def test_monai_bundle_run_inference_yaml_writes_candidates(make_raw_dataset, tin
         "[32,32,32]",
         "--inference#score_threshold",
         "0.0",
-        "--device",
-        "$torch.device('cpu')",
+        "--device#type",
+        "cpu",
     ]
     proc = subprocess.run(
         cmd, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"}
@@ -274,7 +276,7 @@ def test_a_fine_mhd_is_read_binned_with_the_same_candidates_as_a_whole_read(make
     root, truth = make_raw_dataset({"1.3.6.fine": geom})
     path = root / "subset0" / "1.3.6.fine.mhd"
     assert isinstance(read_for_preprocessing(path, PreprocessConfig.from_data_section(TINY_DATA)), BinnedScan)
-    pipeline = InferencePipeline(Predictor(oracle, TINY_DATA["patch_size"]), TINY_DATA, TINY_INFERENCE)
+    pipeline = InferencePipeline(Predictor(oracle, TINY_DATA["patch_size"]), tiny_settings())
 
     binned = pipeline.predict(path)
     whole = pipeline.predict(path, keep_raw=True)  # read whole by SimpleITK
@@ -291,7 +293,7 @@ def test_a_broken_checkpoint_stops_the_run_instead_of_failing_each_scan(make_raw
     broken = tmp_path / "broken.pt"
     broken.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match=r"broken\.pt: not a readable PyTorch checkpoint"):
-        infer_scans([root], tmp_path / "out", broken, data=TINY_DATA, model_cfg=TINY_MODEL, inference=TINY_INFERENCE)
+        infer_scans([root], tmp_path / "out", broken, tiny_settings(model=TINY_MODEL))
     assert not (tmp_path / "out" / "candidates.csv").exists()
 
 
@@ -306,8 +308,8 @@ def test_the_forward_memory_is_prefaulted_once_the_crop_is_known_with_the_same_c
 ):
     import threading
 
-    import pivot_monai.inference.pipeline as pipeline_module
-    from pivot_monai.engines.prefault import HeapPrefault
+    import pivot_monai.host.allocator as allocator
+    from pivot_monai.host.allocator import HeapPrefault
     from pivot_monai.inference.pipeline import InferencePipeline
     from pivot_monai.inference.predictor import Predictor
 
@@ -322,30 +324,31 @@ def test_the_forward_memory_is_prefaulted_once_the_crop_is_known_with_the_same_c
             started.append(nbytes)
 
     monkeypatch.setattr(HeapPrefault, "start", start)
-    monkeypatch.setattr(pipeline_module, "heap_keeps_freed", lambda: True)  # as after reuse_freed_memory
-    monkeypatch.setattr(pipeline_module, "heap_free_bytes", lambda: 0)
-    on = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    monkeypatch.setattr(allocator, "heap_keeps_freed", lambda: True)  # as after reuse_freed_memory
+    monkeypatch.setattr(allocator, "heap_free_bytes", lambda: 0)
+    on = InferencePipeline(predictor, tiny_settings()).predict(path)
     image_size = tuple(int(n) for n in on.geometry.size)
     assert started == [predictor.forward_bytes(image_size)]  # sized by the lung box's window, once it is known
-    off = InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE, prefault=False).predict(path)
+    off = InferencePipeline(predictor, tiny_settings(device_cfg={"prefault_memory": False})).predict(path)
     assert len(started) == 1  # prefault=False (device.prefault_memory: false) starts nothing
     np.testing.assert_array_equal(on.candidates.world, off.candidates.world)
     # a heap that holds the forward's memory free already (a folder's second scan) is not prefaulted again
-    monkeypatch.setattr(pipeline_module, "heap_free_bytes", lambda: 2**40)
-    InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+    monkeypatch.setattr(allocator, "heap_free_bytes", lambda: 2**40)
+    InferencePipeline(predictor, tiny_settings()).predict(path)
     assert len(started) == 1
     # a scan that fails after the crop still releases the block and its thread
-    monkeypatch.setattr(pipeline_module, "heap_free_bytes", lambda: 0)
+    monkeypatch.setattr(allocator, "heap_free_bytes", lambda: 0)
     monkeypatch.setattr("pivot_monai.data.preprocess._linear", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
     with pytest.raises(RuntimeError, match="boom"):
-        InferencePipeline(predictor, TINY_DATA, TINY_INFERENCE).predict(path)
+        InferencePipeline(predictor, tiny_settings()).predict(path)
     assert len(started) == 2 and not [t for t in threading.enumerate() if t.name == "pivot-heap-prefault"]
 
 
 @pytest.mark.parametrize("value", ["yes", 1])
 def test_device_prefault_memory_must_be_a_boolean(value):
-    from pivot_monai.inference.pipeline import prefault_memory
+    from pivot_monai.host import HostTuning
 
-    assert prefault_memory(None) is True and prefault_memory({"prefault_memory": False}) is False
+    assert HostTuning.from_config(None).prefault_memory is True
+    assert HostTuning.from_config({"prefault_memory": False}).prefault_memory is False
     with pytest.raises(ValueError, match="device.prefault_memory must be true or false"):
-        prefault_memory({"prefault_memory": value})
+        HostTuning.from_config({"prefault_memory": value})
