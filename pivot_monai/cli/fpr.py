@@ -61,7 +61,8 @@ def _device(name: str) -> str:
 def run_classify(args: argparse.Namespace) -> int:
     """``pivot classify``: 0 ok, 1 some scan failed (its candidates are left out)."""
     from pivot_monai.data.preprocess import PreprocessConfig
-    from pivot_monai.inference.fpr import CandidateClassifier, classify_candidates, load_fpr_config
+    from pivot_monai.inference.classify import classify_candidates
+    from pivot_monai.inference.fpr import CandidateClassifier, load_fpr_config
 
     merged = load_fpr_config(args.config)
     section = merged["fpr"]

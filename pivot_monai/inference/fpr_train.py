@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
+from pivot_monai.inference.classify import read_candidates_csv
 from pivot_monai.inference.fpr import (
     CLASSIFIER_NAME,
     CandidateClassifier,
@@ -42,7 +43,6 @@ from pivot_monai.inference.fpr import (
     candidate_labels,
     extract_patches,
     load_fpr_config,
-    read_candidates_csv,
 )
 from pivot_monai.metrics.froc import write_submission_csv
 from pivot_monai.metrics.matching import ScanCandidates

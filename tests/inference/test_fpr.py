@@ -236,44 +236,6 @@ def test_pivot_classify_without_a_classifier_exits_2_naming_the_flag(tmp_path):
     assert main(["classify", "--candidates", str(src), "--input", str(tmp_path), "--output", str(tmp_path)]) == 2
 
 
-# ------------------------------------------------------------------------------------------------ pivot infer/evaluate
-def test_pivot_infer_fuses_the_classifier_next_to_the_checkpoint_and_no_fpr_turns_it_off(
-    make_raw_dataset, tiny_checkpoint, tiny_config, tmp_path
-):
-    from tests.inference.conftest import TINY_DATA, tricky_geometries
-
-    uid, geom = next(iter(tricky_geometries().items()))
-    root, _ = make_raw_dataset({uid: geom})
-    clf = _classifier()
-    clf.save(tiny_checkpoint.with_name("fpr.pt"))
-    base = ["infer", "--checkpoint", str(tiny_checkpoint), "--input", str(root), "--device", "cpu",
-            "--config", str(tiny_config(score_threshold=0.0, max_candidates=10))]  # fmt: skip
-    assert main([*base, "--output", str(tmp_path / "fpr")]) == 0
-    assert main([*base, "--output", str(tmp_path / "plain"), "--no-fpr"]) == 0
-    fused = read_submission_csv(tmp_path / "fpr" / "candidates.csv")[uid]
-    plain = read_submission_csv(tmp_path / "plain" / "candidates.csv")[uid]
-    settings = [json.loads((tmp_path / d / "infer_report.json").read_text())["settings"] for d in ("fpr", "plain")]
-    assert settings[0]["fpr"]["checkpoint"] == str(tiny_checkpoint.with_name("fpr.pt")) and settings[1]["fpr"] is None
-    # the fused probability is detector^0.5 * classifier^0.5 of the same candidates, re-sorted
-    cfg = PreprocessConfig.from_data_section(TINY_DATA)
-    scan = preprocess_image(read_for_preprocessing(root / "subset0" / f"{uid}.mhd", cfg), cfg)
-    expected = fuse_probability(plain.probability, clf.score(scan.image, scan.geometry, plain.world), 0.5)
-    order = np.argsort(-expected, kind="stable")
-    np.testing.assert_allclose(fused.world, plain.world[order], atol=1e-6)
-    np.testing.assert_allclose(fused.probability, expected[order], atol=1e-5)
-
-
-def test_pivot_evaluate_runs_an_explicit_classifier_and_records_it(
-    tiny_processed, tiny_checkpoint, tiny_config, tmp_path
-):
-    ckpt = _classifier().save(tmp_path / "elsewhere" / "my_fpr.pt")
-    base = ["evaluate", "--checkpoint", str(tiny_checkpoint), "--data-dir", str(tiny_processed / "test"),
-            "--config", str(tiny_config(score_threshold=0.0)), "--bootstrap", "0", "--device", "cpu"]  # fmt: skip
-    assert main([*base, "--output-dir", str(tmp_path / "e"), "--classifier", str(ckpt)]) == 0
-    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert metrics["settings"]["fpr"]["checkpoint"] == str(ckpt) and 0.0 <= metrics["cpm"] <= 1.0
-
-
 def test_fpr_yaml_bundle_trains_on_the_detectors_candidates(tiny_processed, tmp_path):
     from monai.bundle import ConfigWorkflow
 
