@@ -1,0 +1,190 @@
+"""Type and range checks of a training config before MONAI evaluates any ``$`` expression.
+
+MONAI resolves a config lazily: a bad literal (``epochs: "ten"``, a patch of 18 with ``model.depth`` 4) only fails
+deep inside the expression that uses it, as "Failed to evaluate ConfigExpression", or not at all (``epochs: 2.5``
+ran 3 epochs; ``warmup_epochs: 5`` with ``epochs: 2`` was accepted). :func:`validate_training_config` checks the
+literal values of the merged (unparsed) config first and raises one ``ValueError``/``TypeError`` naming the key,
+what was expected, what arrived and how to fix it. Values that are ``$``/``@`` expressions are left to MONAI.
+
+:func:`reject_expressions` is for configs that come from a client (the API): there a ``$`` value is code and is
+refused outright.
+
+Nothing here imports MONAI or torch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["ConfigValueError", "reject_expressions", "validate_training_config"]
+
+logger = logging.getLogger(__name__)
+
+_MISSING = object()
+_ACTIVATIONS = ("relu", "leaky_relu", "elu")
+_OPTIMIZERS = ("adamw", "adam", "sgd")
+_SCHEDULERS = ("cosine", "step", "plateau", "none")
+_OUTPUT_STRIDES = (1, 2, 4)
+
+
+class ConfigValueError(ValueError):
+    """A config value of the wrong type or out of range; ``key`` is its dotted name."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def _get(config: Mapping[str, Any], key: str) -> Any:
+    node: Any = config
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _is_expression(value: Any) -> bool:
+    return isinstance(value, str) and value.strip().startswith(("$", "@", "%"))
+
+
+def _fail(key: str, expected: str, value: Any, fix: str) -> ConfigValueError:
+    return ConfigValueError(key, f"{key} must be {expected}, got {value!r} ({type(value).__name__}); {fix}")
+
+
+def _literal(config: Mapping[str, Any], key: str) -> Any:
+    value = _get(config, key)
+    return _MISSING if value is _MISSING or _is_expression(value) else value
+
+
+def _integer(config: Mapping[str, Any], key: str, low: int, fix: str, high: int | None = None) -> int | None:
+    value = _literal(config, key)
+    if value is _MISSING or value is None:
+        return None
+    expected = f"an integer >= {low}" + (f" and <= {high}" if high is not None else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, expected, value, fix)
+    if value < low or (high is not None and value > high):
+        raise _fail(key, expected, value, fix)
+    return value
+
+
+def _number(config: Mapping[str, Any], key: str, check: Any, expected: str, fix: str) -> float | None:
+    value = _literal(config, key)
+    if value is _MISSING or value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not check(float(value)):
+        raise _fail(key, expected, value, fix)
+    return float(value)
+
+
+def _choice(config: Mapping[str, Any], key: str, choices: Sequence[str]) -> str | None:
+    value = _literal(config, key)
+    if value is _MISSING or value is None:
+        return None
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise _fail(key, f"one of {list(choices)}", value, f"e.g. {key.rsplit('.', 1)[-1]}: {choices[0]}")
+    return value.lower()
+
+
+def _patch(config: Mapping[str, Any], key: str, divisor: int | None, depth: int | None) -> list[int] | None:
+    value = _literal(config, key)
+    if value is _MISSING or value is None:
+        return None
+    example = [64, 64, 64] if not divisor else [max(divisor, 64 // divisor * divisor)] * 3
+    if (
+        isinstance(value, (str, bytes))
+        or not isinstance(value, Sequence)
+        or len(value) != 3
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise _fail(key, "3 positive integers (x, y, z voxels)", value, f"e.g. {key.rsplit('.', 1)[-1]}: {example}")
+    if divisor and any(v % divisor for v in value):
+        fixed = [max(divisor, round(v / divisor) * divisor) for v in value]
+        raise ConfigValueError(
+            key,
+            f"{key} {list(value)} must be divisible by 2 ** model.depth = {divisor} (model.depth={depth}); "
+            f"got remainders {[v % divisor for v in value]}; use e.g. {fixed}",
+        )
+    return list(value)
+
+
+def validate_training_config(config: Mapping[str, Any]) -> None:
+    """Check the literal values of a merged training config (bundle ``train.yaml`` layout).
+
+    Checked: ``training.epochs`` (integer >= 1), ``training.batch_size`` (>= 1), ``training.learning_rate`` (> 0),
+    ``training.accumulation_steps`` (>= 1), ``training.scheduler.warmup_epochs`` (integer >= 0; not below ``epochs``
+    for the cosine schedule is a warning, as the schedule shortens it to ``epochs - 1``), ``training.optimizer.type``,
+    ``training.scheduler.type``, ``data.patch_size`` (3 positive integers divisible by ``2 ** model.depth``),
+    ``data.samples_per_volume``, ``data.num_workers``, ``model.depth`` (1-6), ``model.base_filters``,
+    ``model.dropout`` ([0, 1)), ``model.activation``, ``model.output_stride`` (1, 2, 4, below ``2 ** depth``),
+    ``validation.interval``, ``checkpointing.save_interval`` and ``keep_last_n``.
+
+    Raises:
+        ConfigValueError: (a ``ValueError``) the first bad value, naming its key, what was expected, what arrived and
+            a fix.
+    """
+    epochs = _integer(config, "training.epochs", 1, "e.g. training.epochs: 100 (a whole number of epochs)")
+    _integer(config, "training.batch_size", 1, "e.g. training.batch_size: 2")
+    _integer(config, "training.accumulation_steps", 1, "e.g. training.accumulation_steps: 1")
+    _number(
+        config,
+        "training.learning_rate",
+        lambda v: 0 < v < 10,
+        "a number > 0 (and < 10)",
+        "e.g. training.learning_rate: 0.001 (YAML reads 1e-3 as a string; write 1.0e-3)",
+    )
+    _choice(config, "training.optimizer.type", _OPTIMIZERS)
+    scheduler = _choice(config, "training.scheduler.type", _SCHEDULERS)
+    warmup = _integer(config, "training.scheduler.warmup_epochs", 0, "e.g. training.scheduler.warmup_epochs: 5")
+    if scheduler in (None, "cosine") and epochs is not None and warmup is not None and warmup >= epochs:
+        # not an error: the defaults (5 warm-up epochs) with a short run are common; the schedule shortens it
+        logger.warning(
+            "training.scheduler.warmup_epochs (%d) is not smaller than training.epochs (%d): the warm-up is shortened "
+            "to %d epoch(s); set warmup_epochs below epochs to choose it",
+            warmup,
+            epochs,
+            max(epochs - 1, 0),
+        )
+    depth = _integer(config, "model.depth", 1, "e.g. model.depth: 4", high=6)
+    _integer(config, "model.base_filters", 1, "e.g. model.base_filters: 16")
+    _number(config, "model.dropout", lambda v: 0 <= v < 1, "a number in [0, 1)", "e.g. model.dropout: 0.1")
+    _choice(config, "model.activation", _ACTIVATIONS)
+    stride = _literal(config, "model.output_stride")
+    if stride is not _MISSING and stride is not None:
+        if isinstance(stride, bool) or stride not in _OUTPUT_STRIDES:
+            raise _fail("model.output_stride", f"one of {list(_OUTPUT_STRIDES)}", stride, "e.g. model.output_stride: 1")
+        if depth is not None and stride >= 2**depth:
+            raise ConfigValueError(
+                "model.output_stride",
+                f"model.output_stride must be smaller than 2 ** model.depth = {2**depth}, got {stride}; lower it or "
+                "raise model.depth",
+            )
+    _patch(config, "data.patch_size", 2**depth if depth else None, depth)
+    _integer(config, "data.samples_per_volume", 1, "e.g. data.samples_per_volume: 4")
+    _integer(config, "data.num_workers", 0, "e.g. data.num_workers: 2")
+    _integer(config, "validation.interval", 1, "e.g. validation.interval: 1")
+    _integer(config, "checkpointing.save_interval", 0, "e.g. checkpointing.save_interval: 5 (0: none)")
+    _integer(config, "checkpointing.keep_last_n", 0, "e.g. checkpointing.keep_last_n: 3")
+
+
+def reject_expressions(config: Any, source: str = "config", _path: str = "") -> None:
+    """Refuse ``$``/``@``/``%`` values anywhere in ``config`` (a client-supplied config: a ``$`` value is code).
+
+    Raises:
+        ConfigValueError: naming the first key holding an expression.
+    """
+    if isinstance(config, Mapping):
+        for key, value in config.items():
+            reject_expressions(value, source, f"{_path}.{key}" if _path else str(key))
+    elif isinstance(config, (list, tuple)):
+        for i, value in enumerate(config):
+            reject_expressions(value, source, f"{_path}[{i}]")
+    elif _is_expression(config):
+        raise ConfigValueError(
+            _path,
+            f"{source}: {_path} holds the expression {config!r}; values starting with $, @ or % are evaluated as "
+            "code or references by MONAI and are not accepted here; give a plain value",
+        )
