@@ -249,9 +249,11 @@ class SessionManager:
         out = Path(row["output_dir"])
         records = self.metrics_reader.records(out / "metrics.jsonl")
         epoch = next((r.get("epoch") for r in reversed(records) if r.get("kind") == "train"), None)
-        resume = row["resume_from"] if row["status"] in ("queued", *ACTIVE) else None
-        if row["status"] in RESUMABLE:
-            resume = str(resumable_checkpoint(out) or "") or None
+        if row["status"] in RESUMABLE:  # what a resume would continue from now
+            newest = resumable_checkpoint(out)
+            resume = str(newest) if newest else None
+        else:  # what the current attempt continued from (None for a first attempt and once completed)
+            resume = row["resume_from"] if row["status"] != "completed" else None
         return {
             "session_id": row["id"],
             "session_name": row["name"],
