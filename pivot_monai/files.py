@@ -11,6 +11,7 @@ names the file and keeps its ``errno``.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -59,6 +60,11 @@ def atomic_open(
     path = Path(path)
     tmp = _temporary(path)
     kwargs: dict[str, Any] = {} if "b" in mode else {"encoding": encoding, "newline": newline}
+    blocker = next((a for a in path.parents if a.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise NotADirectoryError(
+            errno.ENOTDIR, f"cannot write {path}: {blocker} is a file, not a folder; choose another output path"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, mode, **kwargs) as f:
