@@ -83,19 +83,13 @@ def inference_arm(
     """
     from pivot_monai.inference.pipeline import InferencePipeline
     from pivot_monai.inference.predictor import Predictor
+    from pivot_monai.inference.settings import InferenceSettings
 
     _gpu_peak_reset(device)
     start = time.perf_counter()
-    predictor = Predictor.from_config(
-        checkpoint,
-        sections["data"],
-        sections["model"],
-        sections["inference"],
-        device=device,
-        device_cfg=sections["device"],
-        amp=amp,
-    )
-    pipeline = InferencePipeline(predictor, sections["data"], sections["inference"])
+    settings = InferenceSettings.from_config(sections, device=device, amp=amp)
+    predictor = Predictor.from_settings(checkpoint, settings)
+    pipeline = InferencePipeline(predictor, settings)
     load = time.perf_counter() - start
     seconds, stages, candidates = [], [], {}
     for scan in scans:

@@ -72,13 +72,13 @@ TARGET_SECONDS, TARGET_RSS_MB, TARGET_SPEEDUP = 30.0, 4096.0, 5.0
 
 
 def _host_runtime(sections: Mapping[str, Any], reuse_memory: bool | None) -> None:
-    """The host setting ``pivot infer`` applies from the ``device`` section, or ``reuse_memory`` when given."""
-    from pivot_monai.engines.runtime import apply_host_settings, reuse_freed_memory
+    """The host settings ``pivot infer`` applies from the ``device`` section, ``reuse_memory`` overriding it."""
+    from pivot_monai.host import HostTuning
 
-    if reuse_memory is None:
-        apply_host_settings(sections.get("device"))
-    else:
-        reuse_freed_memory(reuse_memory)
+    device = dict(sections.get("device") or {})
+    if reuse_memory is not None:
+        device["reuse_freed_memory"] = bool(reuse_memory)
+    HostTuning.from_config(device, "cpu").apply()
 
 
 def pivot_case(
@@ -100,23 +100,14 @@ def pivot_case(
         candidates of the first scan.
     """
     from pivot_monai.inference.pipeline import CANDIDATES_NAME, infer_scans
+    from pivot_monai.inference.settings import InferenceSettings
     from pivot_monai.metrics import ScanCandidates, read_submission_csv
 
     _host_runtime(sections, reuse_memory)
     scans = [scan] if isinstance(scan, str) else list(scan)
     start = time.perf_counter()
-    report = infer_scans(
-        scans,
-        out_dir,
-        checkpoint,
-        data=sections["data"],
-        model_cfg=sections["model"],
-        inference=sections["inference"],
-        tta=tta,
-        device_cfg=sections.get("device"),
-        amp=amp,
-        raise_on_failure=True,
-    )
+    settings = InferenceSettings.from_config(sections, device="cpu", tta=tta, amp=amp)
+    report = infer_scans(scans, out_dir, checkpoint, settings, raise_on_failure=True)
     seconds = (time.perf_counter() - start) / len(scans)
     uid = report["ok"][0]
     cands = read_submission_csv(Path(out_dir) / CANDIDATES_NAME).get(uid) or ScanCandidates(np.zeros((0, 3)), [])
@@ -131,13 +122,13 @@ def baseline_case(
     ``host_levers``: give the baseline PIVOT's two generic host settings, ``channels_last_3d`` weights
     (``device.channels_last``) and ``device.reuse_freed_memory``; plain MONAI has neither (the ablation row).
     """
-    from pivot_monai.inference.predictor import load_model
+    from pivot_monai.networks.checkpoint import load_model
 
     if host_levers:
         _host_runtime(sections, True)
     start = time.perf_counter()
     # plain: the trained modules as they are, in PyTorch's default memory format
-    net = load_model(checkpoint, sections["model"], fuse_norm=False, channels_last=host_levers)
+    net = load_model(checkpoint, sections["model"], channels_last=host_levers)
     out = _baseline_scan(net, scan, uid, out_dir, sections)
     return {**out, "seconds": time.perf_counter() - start}
 
@@ -146,11 +137,11 @@ def baseline_folder_case(
     scans: Sequence[str], out_dir: str, checkpoint: str, sections: Mapping[str, Any]
 ) -> dict[str, Any]:
     """The baseline over several scans in one process (model loaded once): seconds per scan, first scan's outputs."""
-    from pivot_monai.inference.predictor import load_model
+    from pivot_monai.networks.checkpoint import load_model
 
     start = time.perf_counter()
     # plain: the trained modules as they are, in PyTorch's default memory format
-    net = load_model(checkpoint, sections["model"], fuse_norm=False, channels_last=False)
+    net = load_model(checkpoint, sections["model"], channels_last=False)
     outs = [
         _baseline_scan(net, scan, Path(scan).stem, str(Path(out_dir) / Path(scan).stem), sections) for scan in scans
     ]
@@ -230,7 +221,7 @@ def _froc(results: Mapping[str, Sequence[CaseResult]], raw_dir: Path, uids: Sequ
 
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     """Run the benchmark, write ``benchmarks/results/inference.json`` and return the table rows."""
-    from pivot_monai.engines.runtime import cpu_has_native_bf16
+    from pivot_monai.host import cpu_has_native_bf16
 
     args = parse_args(argv)
     size, scans, repeats = ("small", 1, 1) if args.quick else ("fullsize", args.scans, args.repeats)

@@ -34,9 +34,9 @@ from benchmarks.common import (
     setup_logging,
     write_results,
 )
+from pivot_monai.config import load_section
 from pivot_monai.data.preprocess import PreprocessConfig, preprocess_scan
 from pivot_monai.data.raw_dataset import discover_raw_dataset
-from pivot_monai.train_config import load_data_section
 
 __all__ = ["main", "preprocess_one"]
 
@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     raw_dir = ensure_raw_dataset(size, scans, args.seed)
     raw = discover_raw_dataset(raw_dir)
     uids = raw.scans
-    cfgs = {p: PreprocessConfig.from_data_section(load_data_section(PROFILES[p])) for p in profiles}
+    cfgs = {p: PreprocessConfig.from_data_section(load_section("data", PROFILES[p])) for p in profiles}
     out_root = WORK_DIR / f"processed_bench_{size}"
 
     def case(uid: str, profile: str):

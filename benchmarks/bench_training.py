@@ -112,13 +112,13 @@ def make_processed(num_scans: int, seed: int, config: Path) -> tuple[Path, Path]
     Returns:
         (processed root, datalist JSON): every scan in ``training``, the first one in ``validation``.
     """
+    from pivot_monai.config import load_section
     from pivot_monai.data.preprocess import PreprocessConfig
     from pivot_monai.data.raw_dataset import preprocess_dataset
-    from pivot_monai.train_config import load_data_section
 
     raw = ensure_raw_dataset("small", num_scans, seed)
     processed = WORK_DIR / f"processed_{raw.name}_{config.stem}"
-    report = preprocess_dataset(raw, processed, PreprocessConfig.from_data_section(load_data_section(config)))
+    report = preprocess_dataset(raw, processed, PreprocessConfig.from_data_section(load_section("data", config)))
     if report["failed"]:
         raise RuntimeError(f"preprocessing {raw} failed: {report['failed']}")
     items = [

@@ -444,9 +444,9 @@ def load_profile(config: str | Path | None, overrides: Mapping[str, Any] | None 
         config: override file layered over ``bundle/configs/train.yaml`` (e.g. ``demo.yaml``), or ``None``.
         overrides: ``section#key`` values set on top (e.g. the ``--quick`` sizes).
     """
-    from pivot_monai.train_config import load_section
+    from pivot_monai.config import load_sections
 
-    sections = {name: load_section(name, config) for name in ("data", "model", "inference", "training", "device")}
+    sections = load_sections(config, ("data", "model", "inference", "training", "device"))
     for key, value in (overrides or {}).items():
         section, _, name = key.partition("#")
         sections[section][name] = value

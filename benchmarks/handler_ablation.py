@@ -137,6 +137,7 @@ def run_arm(name: str, args: argparse.Namespace, processed: Path, test_dir: Path
     from monai.bundle import ConfigWorkflow
 
     from pivot_monai.inference.evaluate import evaluate
+    from pivot_monai.inference.settings import InferenceSettings
 
     base = dict(QUICK) if args.quick else {}
     sections = load_profile(args.config, base)
@@ -182,9 +183,7 @@ def run_arm(name: str, args: argparse.Namespace, processed: Path, test_dir: Path
         root / "models" / "model.pt",
         test_dir,
         WORK_DIR / "handler_ablation" / f"eval_{name}",
-        data=sections["data"],
-        model_cfg=sections["model"],
-        inference=inference,
+        InferenceSettings.from_config({**sections, "inference": inference}),
         bootstrap=0,
     )
     result["eval_seconds"] = time.perf_counter() - start

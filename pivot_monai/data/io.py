@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,6 @@ IMAGE_SUFFIXES = (".mhd", ".mha", ".nii", ".nii.gz", ".nrrd")
 _CT_MIN_HU, _CT_MAX_HU = -2000.0, 5000.0
 # no voxel below -100 HU but some above 700: raw detector values without the rescale intercept (air stored as ~0)
 _NO_AIR_HU, _SHIFTED_MIN_MAX_HU = -100.0, 700.0
-_IMPORT_PID = os.getpid()  # value_range uses torch only in this process, not in children forked from it
 
 
 class CTReadError(ValueError):
@@ -334,23 +332,7 @@ def check_nifti_finite(p: Path) -> None:
 
 
 def value_range(values: np.ndarray) -> tuple[float, float]:
-    """``(min, max)`` of an array as floats; NaN propagates to both (so no separate ``isfinite`` pass is needed).
-
-    One ``torch.aminmax`` pass (multi-threaded) where that is safe, numpy's two passes elsewhere: 6.5 against 19-20 ms
-    for a 512 x 512 x 249 int16 scan on the 2-core machine of ``benchmarks/``. Not in a process forked from the one
-    that imported this module (``pivot preprocess --workers``' pool): a forked child cannot use the OpenMP threads its
-    parent started, and torch crashed there. Types torch cannot reduce (e.g. ``uint16``) use numpy too.
-    """
-    if os.getpid() == _IMPORT_PID:
-        import torch
-
-        try:
-            with warnings.catch_warnings():  # a read-only view (SimpleITK's array view, a memory map) is only read
-                warnings.simplefilter("ignore", UserWarning)
-                lo, hi = torch.aminmax(torch.from_numpy(values))
-            return float(lo), float(hi)
-        except (TypeError, RuntimeError):
-            pass
+    """``(min, max)`` of an array as floats; NaN propagates to both (so no separate ``isfinite`` pass is needed)."""
     return float(values.min()), float(values.max())
 
 

@@ -121,17 +121,16 @@ class HostTuning:
         return self
 
     def prepare_network(self, network: Any) -> Any:
-        """An eval-mode eager network ready for inference here: batch norms folded, activations fused into oneDNN.
+        """An eval-mode eager network ready for inference here: its batch norms folded into the convolutions.
 
         TorchScript, ONNX and networks in train mode are returned as they are.
         """
         import torch.nn as nn
 
-        from pivot_monai.host.onednn import fuse_activations, fuse_batch_norm
+        from pivot_monai.host.onednn import fuse_batch_norm
 
         if isinstance(network, nn.Module) and not network.training and not hasattr(network, "_c"):
             fuse_batch_norm(network)
-            fuse_activations(network)
         return network
 
     def forward_context(self) -> contextlib.AbstractContextManager:

@@ -1,13 +1,12 @@
-"""oneDNN for CPU inference: every float32 3D convolution of an inference window, and the activation after it.
+"""CPU inference levers: oneDNN for every float32 3D convolution of an inference window, batch norms folded.
 
 PyTorch picks oneDNN (mkldnn) for a float32 CPU convolution only when the batch is larger than 1 or ``N * C * D * H``
 exceeds 20480; otherwise it runs its native im2col kernel (``aten::slow_conv3d_forward``), which is slower and needs
 a large im2col buffer. A whole-lung inference window is a batch of one with few channels, so its first convolutions
 take the native path. :class:`OneDNNConvolutions` sends those calls to ``aten::mkldnn_convolution``, the kernel
 PyTorch itself uses for larger inputs (PyTorch has no switch for the heuristic, hence a small function mode).
-:func:`fuse_batch_norm` folds each eval-mode batch norm into the convolution before it, and :func:`fuse_activations`
-has oneDNN apply the ReLU/LeakyReLU as it writes the convolution's output (a post-op, what ``torch.compile``'s CPU
-backend emits for this pattern). What each measured is in ``benchmarks/README.md`` ("Host levers").
+:func:`fuse_batch_norm` folds each eval-mode batch norm into the convolution before it, so a forward holds one
+activation buffer less per block. What each measured is in ``benchmarks/README.md`` ("Host levers").
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["ConvActivation3d", "OneDNNConvolutions", "fuse_activations", "fuse_batch_norm", "onednn_available"]
+__all__ = ["OneDNNConvolutions", "fuse_batch_norm", "onednn_available"]
 
 logger = logging.getLogger(__name__)
 
@@ -115,7 +114,7 @@ def fuse_batch_norm(network: nn.Module) -> int:
 
     The convolution's weights are replaced by ``torch.nn.utils.fusion.fuse_conv_bn_weights`` and the norm by an
     ``nn.Identity``, in place: ``torch.ao.quantization.fuse_modules`` gives the same weights but deep-copies each
-    convolution (7 ms against 1 ms for the demo network, in every ``pivot infer`` process).
+    convolution, which costs more than the folding itself in every ``pivot infer`` process.
 
     Raises:
         ValueError: the network is in train mode.
@@ -138,58 +137,3 @@ def fuse_batch_norm(network: nn.Module) -> int:
             folded += 1
     logger.debug("folded %d batch norms into their convolutions", folded)
     return folded
-
-
-_POST_OPS = {nn.LeakyReLU: "leaky_relu", nn.ReLU: "relu"}  # activations oneDNN applies as a convolution post-op
-
-
-class ConvActivation3d(nn.Conv3d):
-    """A ``Conv3d`` followed by its activation, as one oneDNN call where :class:`OneDNNConvolutions` would reroute.
-
-    Built by :func:`fuse_activations` from a trained convolution (its parameters are shared, state-dict keys
-    unchanged). Elsewhere (CUDA, autocast, another dtype, gradients, a CPU without oneDNN) it runs the convolution
-    and then the activation, as before.
-    """
-
-    def __init__(self, conv: nn.Conv3d, activation: nn.Module) -> None:
-        super().__init__(
-            conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
-            conv.groups, conv.bias is not None, conv.padding_mode, device="meta",
-        )  # fmt: skip
-        self.weight, self.bias = conv.weight, conv.bias
-        self.activation = activation
-        self.post_op = _POST_OPS[type(activation)]
-        self.scalars = [float(activation.negative_slope)] if isinstance(activation, nn.LeakyReLU) else []
-        self.enabled = onednn_available()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102
-        fast = self.enabled and self.padding_mode == "zeros" and _onednn_call(x, self.weight, self.bias, self.padding)
-        if not fast:
-            return self.activation(super().forward(x))
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups,
-            self.post_op, self.scalars, "",
-        )  # fmt: skip
-
-
-def fuse_activations(network: nn.Module) -> int:
-    """Fuse each ReLU/LeakyReLU that directly follows a convolution into it (:class:`ConvActivation3d`); eval only.
-
-    The pairs are MONAI ``Convolution`` blocks whose ``adn`` is only identities, a dropout (a no-op in eval mode) and
-    then the activation, i.e. after :func:`fuse_batch_norm` has folded their batch norm. Returns how many were fused.
-
-    Raises:
-        ValueError: the network is in train mode.
-    """
-    if network.training:
-        raise ValueError("fuse_activations needs the network in eval mode (call .eval() first)")
-    fused = 0
-    for module, conv, adn in _conv_blocks(network):
-        if type(conv) is not nn.Conv3d or not len(adn):  # already fused, or nothing after the convolution
-            continue
-        *rest, last = list(adn.children())
-        if type(last) in _POST_OPS and all(isinstance(m, (nn.Identity, nn.Dropout)) for m in rest):
-            module.conv, module.adn = ConvActivation3d(conv, last), nn.Identity()
-            fused += 1
-    logger.debug("fused %d activations into their convolutions", fused)
-    return fused

@@ -10,7 +10,6 @@ import pytest
 import torch
 from monai.inferers import SimpleInferer
 
-from pivot_monai.host import allocator
 from pivot_monai.engines.runtime import (
     AutocastInferer,
     amp_dtype,
@@ -18,6 +17,7 @@ from pivot_monai.engines.runtime import (
     use_amp,
     use_cpu_autocast,
 )
+from pivot_monai.host import allocator
 from tests.conftest import TINY_OVERRIDES
 
 HAS_CUDA = torch.cuda.is_available()

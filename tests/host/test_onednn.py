@@ -1,20 +1,17 @@
-"""Tests for pivot_monai.host.onednn: oneDNN convolutions at any batch size, batch norm and activation
-fusion."""
+"""Tests for pivot_monai.host.onednn: oneDNN convolutions at any batch size and batch norm folding."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from pivot_monai.inference.inferers import FittedWindowInferer
-from pivot_monai.networks import PivotDetector
 from pivot_monai.host.onednn import (
-    ConvActivation3d,
     OneDNNConvolutions,
-    fuse_activations,
     fuse_batch_norm,
     onednn_available,
 )
+from pivot_monai.inference.inferers import FittedWindowInferer
+from pivot_monai.networks import PivotDetector
 
 pytestmark = pytest.mark.skipif(not onednn_available(), reason="this PyTorch build has no oneDNN")
 
@@ -125,50 +122,3 @@ def test_the_mode_is_off_where_it_was_not_measured(monkeypatch):
     conv = torch.nn.Conv3d(1, 8, 3, padding=1).eval()
     with torch.no_grad(), OneDNNConvolutions():
         assert _conv_kernels(lambda: conv(torch.rand(1, 1, 16, 16, 16))) == {"aten::slow_conv3d_forward"}
-
-
-def _kernels(fn) -> set[str]:
-    """Every convolution and activation kernel ``fn()`` runs."""
-    with torch.profiler.profile() as prof:
-        fn()
-    return {e.key for e in prof.key_averages() if "conv" in e.key or "relu" in e.key}
-
-
-@pytest.mark.parametrize("activation", ["leaky_relu", "relu"])
-def test_fuse_activations_runs_each_convolution_with_its_activation_in_one_call(activation):
-    net = _detector(activation=activation)
-    x = torch.rand(1, 1, 16, 20, 24).contiguous(memory_format=torch.channels_last_3d)
-    fuse_batch_norm(net)
-    keys = set(net.state_dict())
-    with torch.no_grad(), OneDNNConvolutions():
-        ref = net(x)
-        blocks = sum(isinstance(m, torch.nn.Conv3d) and m.kernel_size == (3, 3, 3) for m in net.modules())
-        assert fuse_activations(net) == blocks > 0  # every 3x3x3 convolution of the detector has an activation
-        assert set(net.state_dict()) == keys  # the same parameters under the same names
-        kernels = _kernels(lambda: net(x))
-        got = net(x)
-    assert "mkldnn::_convolution_pointwise" in kernels
-    assert not any("relu" in k for k in kernels)  # no separate activation pass is left
-    for key, value in ref.items():
-        torch.testing.assert_close(got[key], value, rtol=0, atol=0)  # bitwise: the same oneDNN kernel, post-op
-
-
-def test_fused_activations_fall_back_where_onednn_does_not_apply():
-    net = _detector()
-    fuse_batch_norm(net)
-    x = torch.rand(1, 1, 16, 16, 16)
-    with torch.no_grad():
-        ref = net(x)
-    fuse_activations(net)
-    assert any(isinstance(m, ConvActivation3d) for m in net.modules())
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert net(x)["heatmap"].dtype == torch.bfloat16  # autocast: PyTorch's convolution, then the activation
-    got = net.double()(x.double())  # another dtype, and gradients enabled
-    torch.testing.assert_close(got["heatmap"].float(), ref["heatmap"], atol=1e-5, rtol=1e-4)
-
-
-def test_fuse_activations_refuses_train_mode_and_leaves_other_activations_alone():
-    with pytest.raises(ValueError, match="eval mode"):
-        fuse_activations(_detector().train())
-    assert fuse_activations(_detector(activation="elu")) == 0
-    assert fuse_activations(_detector(batch_norm=True)) == 0  # batch norm not folded yet: not conv-then-activation
