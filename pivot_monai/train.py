@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pivot_monai.config import default_config_path, load_config
+from pivot_monai.engines.validate import validate_training_config
 
 __all__ = ["run_training_workflow", "train"]
 
@@ -57,6 +58,7 @@ def train(
     base_configs: Sequence[str | Path] | None = None,
     bundle_root: str | None = None,
     dataset_dir: str | None = None,
+    resume: bool | str | None = None,
 ) -> Any:
     """Train the detector from a user config merged over the bundle defaults.
 
@@ -67,17 +69,23 @@ def train(
         base_configs: bundle configs to merge the user file over, in order. Default ``bundle/configs/train.yaml``.
         bundle_root: override ``bundle_root`` (paths in the config are relative to it).
         dataset_dir: override ``dataset_dir`` (the processed data root).
+        resume: ``checkpointing.resume`` override: ``True`` (``--resume``), ``False`` (``--restart``), a path; ``None``
+            keeps the config's (default ``auto``: continue when ``checkpointing.dir`` holds a checkpoint).
 
     Returns:
         The finished MONAI ``ConfigWorkflow``.
 
     Raises:
         ConfigKeyError: an unknown key (the message suggests the closest valid key).
+        ConfigValueError: a value of the wrong type or out of range (:mod:`pivot_monai.engines.validate`).
         FileNotFoundError: a config file does not exist.
     """
     merged = load_config(config, base_configs=base_configs, experiment_name=experiment_name)
     overrides = {k: v for k, v in (("bundle_root", bundle_root), ("dataset_dir", dataset_dir)) if v}
     merged.update(overrides)
+    if resume is not None:
+        merged.setdefault("checkpointing", {})["resume"] = resume
+    validate_training_config(merged)  # literal values, before MONAI evaluates any expression
     out_root = Path(bundle_root or merged.get("bundle_root", "bundle")) / "runs" / (experiment_name or "default")
     return run_training_workflow(merged, out_root)
 

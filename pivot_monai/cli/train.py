@@ -28,10 +28,28 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         "-i", "--input", "--dataset-dir", dest="input", default=None,
         help="override dataset_dir (the processed data root)",
     )  # fmt: skip
+    start = p.add_mutually_exclusive_group()
+    start.add_argument(
+        "--resume",
+        dest="resume",
+        action="store_const",
+        const=True,
+        default=None,
+        help="continue from the newest readable checkpoint in checkpointing.dir; an error if there is none "
+        "(default: continue automatically when there is one, else start a new run)",
+    )
+    start.add_argument(
+        "--restart",
+        dest="resume",
+        action="store_const",
+        const=False,
+        help="start a new run; checkpoints of an earlier run are moved to checkpointing.dir/previous_runs/",
+    )
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """``pivot train``: 0 when training finished."""
+    """``pivot train``: 0 when training finished; 128 + signal after a graceful stop on SIGTERM/SIGINT (143, 130),
+    with a checkpoint to resume from (:mod:`pivot_monai.handlers.graceful_stop`)."""
     from pivot_monai.train import train
 
     train(
@@ -40,6 +58,7 @@ def run_train(args: argparse.Namespace) -> int:
         base_configs=args.base_config,
         bundle_root=args.bundle_root,
         dataset_dir=args.input,
+        resume=args.resume,
     )
     return 0
 
