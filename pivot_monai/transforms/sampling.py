@@ -174,6 +174,7 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         self.pool, self.stage, self.crop_margin = pool, stage, int(crop_margin)
         self.min_diameter = float(min_diameter)
         self.seriesuid_key, self.diameters_key, self.pad_mode = seriesuid_key, diameters_key, pad_mode
+        self._warned_small: set[tuple[int, ...]] = set()
 
     def crop_size(self) -> tuple[int, ...]:
         """Current crop size: the stage's patch plus margins, else ``spatial_size``."""
@@ -257,6 +258,16 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
         diameters = d.get(self.diameters_key)
         uid = d.get(self.seriesuid_key)
         size = self.crop_size()
+        if any(c > s for c, s in zip(size, label.shape)) and tuple(size) not in self._warned_small:
+            self._warned_small.add(tuple(size))  # once per crop size, not once per volume and epoch
+            logger.warning(
+                "crop %s (data.patch_size + 2 * data.crop_margin) is larger than a training volume %s (%s): the crop "
+                "is padded with %s values; a smaller data.patch_size trains faster on such volumes",
+                list(size),
+                list(label.shape),
+                uid if uid is not None else "unnamed",
+                self.pad_mode,
+            )
         results = []
         for kind, centre in self.plan(
             label, None if diameters is None else _as_numpy(diameters), None if uid is None else str(uid)

@@ -442,3 +442,19 @@ def test_the_bundle_defaults_and_profiles_pass():
         parser = ConfigParser()
         parser.read_config([str(configs / "train.yaml"), *(str(configs / e) for e in extra)])
         validate_training_config(parser.get())
+
+
+# ------------------------------------------------------------------------------------------------ patch vs image
+def test_a_crop_larger_than_the_volume_is_padded_with_one_warning(caplog):
+    from pivot_monai.transforms.sampling import NoduleCropSamplerd
+
+    label = np.zeros((1, 10, 12, 8), np.int16)
+    label[0, 4:6, 5:7, 3:5] = 1
+    data = {"image": torch.zeros((1, 10, 12, 8)), "label": torch.as_tensor(label), "seriesuid": "1.2.small"}
+    sampler = NoduleCropSamplerd(["image", "label"], spatial_size=(16, 16, 16), num_samples=2, pos=1, neg=1)
+    sampler.set_random_state(0)
+    with caplog.at_level(logging.WARNING):
+        crops = sampler(data) + sampler(data)
+    assert all(tuple(c["image"].shape) == (1, 16, 16, 16) for c in crops)
+    warnings = [r for r in caplog.records if "is larger than a training volume" in r.getMessage()]
+    assert len(warnings) == 1 and "[16, 16, 16]" in warnings[0].getMessage() and "1.2.small" in warnings[0].getMessage()
