@@ -24,7 +24,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from pivot_monai.data.annotations import DEFAULT_MALIGNANCY_THRESHOLD, Nodule
-from pivot_monai.data.binned_read import BinnedScan, read_binned
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import CTReadError, read_sitk, write_image
 from pivot_monai.data.lungs import lung_box
@@ -302,25 +301,19 @@ def _raw_roi(raw: sitk.Image, target: Geometry, pad_vox: int = 2) -> sitk.Image:
     return sitk.RegionOfInterest(raw, [int(v) for v in hi - lo], [int(v) for v in lo])
 
 
-def read_for_preprocessing(path: str | Path, cfg: PreprocessConfig) -> sitk.Image | BinnedScan:
-    """A scan as :func:`preprocess_image` takes it: binned while read where that applies, else the whole scan.
-
-    A plain ``.mhd/.raw`` scan finer than the target spacing is read straight into its ``BinShrink`` copy
-    (:func:`~pivot_monai.data.binned_read.read_binned`: a memory map and 16-slice slabs instead of the whole scan in
-    fresh memory); any other scan is read whole by :func:`~pivot_monai.data.io.read_sitk` in its stored type. The
-    preprocessed result is the same either way.
+def read_for_preprocessing(path: str | Path, cfg: PreprocessConfig | None = None) -> sitk.Image:
+    """A scan as :func:`preprocess_image` takes it: read whole by :func:`~pivot_monai.data.io.read_sitk` in its
+    stored pixel type (int16 for LUNA16), so the first low-pass step averages integers as training's did.
 
     Raises:
         CTReadError: the scan cannot be read as CT (the message names the file).
     """
-    target = np.asarray(cfg.target_spacing, float)
-    binned = read_binned(path, lambda spacing, size: shrink_factors(spacing, target, size))
-    return binned if binned is not None else read_sitk(path, as_float=False)
+    return read_sitk(path, as_float=False)
 
 
-def raw_geometry(raw: sitk.Image | BinnedScan) -> Geometry:
-    """The geometry of the scan as stored, from a whole scan or a :class:`~pivot_monai.data.binned_read.BinnedScan`."""
-    return raw.raw_geometry if isinstance(raw, BinnedScan) else Geometry.from_sitk(raw)
+def raw_geometry(raw: sitk.Image) -> Geometry:
+    """The geometry of the scan as stored."""
+    return Geometry.from_sitk(raw)
 
 
 @dataclass
@@ -345,7 +338,7 @@ class CropPlan:
 
 
 def plan_crop(
-    raw: sitk.Image | BinnedScan,
+    raw: sitk.Image,
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,
@@ -354,7 +347,7 @@ def plan_crop(
 
     Args:
         raw: the scan in HU as read by :func:`pivot_monai.data.io.read_sitk`, float32 or its stored integer type
-            (``as_float=False``), or already binned by :func:`read_for_preprocessing` (the same result).
+            (``as_float=False``, as :func:`read_for_preprocessing` reads it).
         cfg: preprocessing settings.
         must_include_world: (N, 3) world points the crop must contain (annotated nodules).
         must_include_radius_mm: (N,) radius around each of those points.
@@ -363,11 +356,8 @@ def plan_crop(
         The plan :func:`resample_crop` finishes; ``plan.target.size`` is the size of the image it will return.
     """
     raw_geom = raw_geometry(raw)
-    if isinstance(raw, BinnedScan):
-        shrunk, factors = raw.image, raw.factors
-    else:
-        factors = shrink_factors(raw_geom.spacing, np.asarray(cfg.target_spacing), np.asarray(raw_geom.size))
-        shrunk = _shrink(raw, factors)
+    factors = shrink_factors(raw_geom.spacing, np.asarray(cfg.target_spacing), np.asarray(raw_geom.size))
+    shrunk = _shrink(raw, factors)
     target, start, found = crop_box(raw_geom, cfg, must_include_world, must_include_radius_mm, source=shrunk)
     return CropPlan(shrunk, np.asarray(factors), raw_geom, target, start, found)
 
@@ -397,7 +387,7 @@ def resample_crop(plan: CropPlan, cfg: PreprocessConfig) -> PreprocessedScan:
 
 
 def preprocess_image(
-    raw: sitk.Image | BinnedScan,
+    raw: sitk.Image,
     cfg: PreprocessConfig,
     must_include_world: np.ndarray | None = None,
     must_include_radius_mm: np.ndarray | None = None,

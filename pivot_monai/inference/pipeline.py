@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from pivot_monai.data.geometry import Geometry
-from pivot_monai.data.io import find_scans, read_sitk, seriesuid_from_path, volume_to_sitk
+from pivot_monai.data.io import find_scans, seriesuid_from_path, volume_to_sitk
 from pivot_monai.data.preprocess import plan_crop, read_for_preprocessing, resample_crop
 from pivot_monai.inference.decode import decode_peaks, output_to_input_index
 from pivot_monai.inference.predictor import Predictor
@@ -166,9 +166,8 @@ class InferencePipeline:
             path: the scan file or DICOM folder.
             seriesuid: its id. Default: from the path.
             keep_raw: keep the raw scan in :attr:`ScanPrediction.raw`. Default: when heatmaps or previews are
-                written. Otherwise a plain ``.mhd`` is read straight into its binned copy
-                (:func:`~pivot_monai.data.preprocess.read_for_preprocessing`), and what was read is released before
-                the network runs, so the network's activations reuse its memory.
+                written. Otherwise what was read is released before the network runs, so the network's activations
+                reuse its memory.
 
         Raises:
             CTReadError: the scan cannot be read as CT (the message names the file).
@@ -177,8 +176,7 @@ class InferencePipeline:
         uid = seriesuid or seriesuid_from_path(path)
         keep = (self.save_heatmap or self.save_previews) if keep_raw is None else bool(keep_raw)
         t = [time.perf_counter()]
-        # heatmaps and previews need the whole scan; otherwise a plain .mhd is read straight into its binned copy
-        source = read_for_preprocessing(path, self.preprocess) if not keep else read_sitk(path, as_float=False)
+        source = read_for_preprocessing(path, self.preprocess)
         t.append(time.perf_counter())
         plan = plan_crop(source, self.preprocess)
         # the forward's memory is faulted in on another core while the planned crop is resampled
@@ -211,7 +209,9 @@ class InferencePipeline:
                 float(heat.max()),
             )
             maps["heatmap"] = heat = heat.clamp(0.0, 1.0)
-        decoded = decode_peaks(heat, maps["diameter"], maps["malignancy"], self.decode, tuple(geometry.spacing * stride))
+        decoded = decode_peaks(
+            heat, maps["diameter"], maps["malignancy"], self.decode, tuple(geometry.spacing * stride)
+        )
         index = output_to_input_index(decoded["index"], stride).reshape(-1, 3)
         world = geometry.index_to_world(index).reshape(-1, 3)
         cands = ScanCandidates(

@@ -264,29 +264,6 @@ def test_nifti_and_dicom_inputs_give_the_same_world_centres(oracle, rng, tmp_pat
         assert np.linalg.norm(scan.world[0] - centre) <= 1.5, uid
 
 
-def test_a_fine_mhd_is_read_binned_with_the_same_candidates_as_a_whole_read(make_raw_dataset, oracle, tmp_path):
-    # 0.7 mm in-plane, anisotropic z, oblique direction and a non-zero origin, going to 1.5 mm: read_binned applies
-    from pivot_monai.data.binned_read import BinnedScan
-    from pivot_monai.data.preprocess import PreprocessConfig, read_for_preprocessing
-    from pivot_monai.inference.pipeline import InferencePipeline
-    from pivot_monai.inference.predictor import Predictor
-    from tests.conftest import oblique_direction
-
-    geom = Geometry((31.7, -64.2, 118.0), (0.7, 0.7, 0.6), oblique_direction(12.0), (150, 140, 170))
-    root, truth = make_raw_dataset({"1.3.6.fine": geom})
-    path = root / "subset0" / "1.3.6.fine.mhd"
-    assert isinstance(read_for_preprocessing(path, PreprocessConfig.from_data_section(TINY_DATA)), BinnedScan)
-    pipeline = InferencePipeline(Predictor(oracle, TINY_DATA["patch_size"]), tiny_settings())
-
-    binned = pipeline.predict(path)
-    whole = pipeline.predict(path, keep_raw=True)  # read whole by SimpleITK
-
-    np.testing.assert_array_equal(binned.candidates.world, whole.candidates.world)
-    np.testing.assert_array_equal(binned.candidates.probability, whole.candidates.probability)
-    top = binned.candidates.world[np.argmax(binned.candidates.probability)]
-    assert np.linalg.norm(top - truth["1.3.6.fine"][1]) <= 1.0
-
-
 def test_a_broken_checkpoint_stops_the_run_instead_of_failing_each_scan(make_raw_dataset, tmp_path):
     # a model that cannot load ends the run: it is not one scan's failure
     root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:2]))
