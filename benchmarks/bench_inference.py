@@ -15,7 +15,6 @@ Per scan, each side runs in a fresh process (peak RSS per case), alternating, ``
   host settings (``channels_last_3d`` weights and ``reuse_freed_memory``), alternating with the two cases above
   (``pivot infer`` applies the config's settings, default on, so **pivot** does too). The plain baseline has neither:
   MONAI's defaults are PyTorch's memory format and allocator.
-* **prefault lever** (full mode): PIVOT with ``device.prefault_memory`` off (default on), alternating likewise.
 * **folder** (full mode): all scans in one process, model loaded once, both sides: what ``pivot infer <folder>`` sees.
 * **pivot --amp** (full mode, on CPUs with native bf16 only): the pipeline with bf16 autocast, the opt-in CPU lever.
 * **area anti-aliasing** (full mode): the pipeline with ``data.antialias: area`` instead of the default ``gaussian``
@@ -233,10 +232,9 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     out = WORK_DIR / f"infer_bench_{size}"
     per: dict[str, dict[str, list[CaseResult]]] = {
         "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_levers": {}, "pivot_bf16": {},
-        "pivot_area": {}, "pivot_no_prefault": {},
+        "pivot_area": {},
     }  # fmt: skip
     area = {**sections, "data": {**sections["data"], "antialias": "area"}}
-    no_prefault = {**sections, "device": {**sections.get("device", {}), "prefault_memory": False}}
     kw = {"threads": args.threads}
     ck = str(checkpoint)
     for uid, scan in scan_paths.items():
@@ -252,9 +250,6 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             )
             cases["baseline_levers"] = partial(
                 run_isolated, baseline_case, scan, uid, str(out / "baseline_levers" / uid), ck, sections, True, **kw
-            )
-            cases["pivot_no_prefault"] = partial(  # the prefault lever: device.prefault_memory false
-                run_isolated, pivot_case, scan, str(out / "pivot_no_prefault" / uid), ck, no_prefault, False, **kw
             )
             cases["pivot_area"] = partial(  # the anti-aliasing choice: data.antialias area vs gaussian
                 run_isolated, pivot_case, scan, str(out / "pivot_area" / uid), ck, area, False, **kw
@@ -376,17 +371,6 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
                 b["seconds_per_scan"]),
             Row(NAME, "speed-up vs the baseline given channels_last_3d + reuse_freed_memory too (x)",
                 r["seconds_per_scan"] / a["seconds_per_scan"]),
-        ]  # fmt: skip
-    if "pivot_no_prefault" in summary:
-        q = summary["pivot_no_prefault"]
-        rows += [
-            Row(NAME, "PIVOT s/scan: device.prefault_memory on (default) vs off", a["seconds_per_scan"],
-                q["seconds_per_scan"]),
-            Row(NAME, "PIVOT network s/scan: prefault on vs off", a["stage_seconds"]["network"],
-                q["stage_seconds"]["network"]),
-            Row(NAME, "PIVOT preprocess s/scan: prefault on vs off", a["stage_seconds"]["preprocess"],
-                q["stage_seconds"]["preprocess"]),
-            Row(NAME, "PIVOT peak RSS MB: prefault on vs off", a["peak_rss_mb"], q["peak_rss_mb"]),
         ]  # fmt: skip
     if "pivot_area" in summary:
         g = summary["pivot_area"]

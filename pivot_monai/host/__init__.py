@@ -5,8 +5,7 @@ The domain code (data, networks, inference) never calls the C library or private
 
 * :meth:`~HostTuning.apply` the process-wide settings (CPU threads, the heap keeping freed memory),
 * :meth:`~HostTuning.prepare_network` an eval-mode network for inference on this host,
-* run a forward inside :meth:`~HostTuning.forward_context`, and
-* :meth:`~HostTuning.prefault` the memory of a coming forward on an idle core.
+* run a forward inside :meth:`~HostTuning.forward_context`.
 
 Nothing here changes process state on import. Each lever is kept only while it pays (>= 10 % of a fullsize scan's
 end-to-end time or of its peak memory); the measurements are in ``benchmarks/README.md`` ("Host levers").
@@ -71,8 +70,6 @@ class HostTuning:
         num_threads: ``device.num_threads``: CPU threads for torch (``None``: torch's default).
         reuse_freed_memory: ``device.reuse_freed_memory`` (glibc): the heap keeps freed memory, so a forward's
             activations are not faulted in afresh each time. Default True.
-        prefault_memory: ``device.prefault_memory``: on the CPU, where the heap keeps freed memory, fault in a coming
-            forward's memory on an idle core (:meth:`prefault`). Default True.
 
     Example:
         >>> tuning = HostTuning.from_config({"reuse_freed_memory": False}, "cpu")
@@ -83,7 +80,6 @@ class HostTuning:
     device: Any = "cpu"
     num_threads: int | None = None
     reuse_freed_memory: bool = True
-    prefault_memory: bool = True
 
     @classmethod
     def from_config(cls, device_cfg: Mapping[str, Any] | None, device: Any = "cpu") -> HostTuning:
@@ -100,7 +96,6 @@ class HostTuning:
             device=device,
             num_threads=threads,
             reuse_freed_memory=_flag(cfg, "reuse_freed_memory", True),
-            prefault_memory=_flag(cfg, "prefault_memory", True),
         )
 
     @property
@@ -137,20 +132,9 @@ class HostTuning:
         """The context the network's forwards run in (see :func:`forward_context`)."""
         return forward_context(self.device)
 
-    def prefault(self, nbytes: int) -> contextlib.AbstractContextManager:
-        """Fault in ``nbytes`` for the coming forward on another core until the context exits (CPU, where the heap
-        keeps freed memory; nothing when it holds that much free already)."""
-        from pivot_monai.host.allocator import HeapPrefault, heap_free_bytes, heap_keeps_freed
-
-        prefault = HeapPrefault(self.prefault_memory and self.on_cpu and heap_keeps_freed())
-        if prefault.keeps_freed and (heap_free_bytes() or 0) < nbytes:
-            prefault.start(nbytes)
-        return prefault
-
     def to_dict(self) -> dict[str, Any]:
         """The levers in effect, for reports."""
         return {
             "num_threads": self.num_threads,
             "reuse_freed_memory": self.reuse_freed_memory,
-            "prefault_memory": self.prefault_memory,
         }

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import find_scans, seriesuid_from_path, volume_to_sitk
-from pivot_monai.data.preprocess import plan_crop, read_for_preprocessing, resample_crop
+from pivot_monai.data.preprocess import preprocess_image, read_for_preprocessing
 from pivot_monai.inference.decode import decode_peaks, output_to_input_index
 from pivot_monai.inference.predictor import Predictor
 from pivot_monai.inference.settings import InferenceSettings
@@ -178,14 +178,11 @@ class InferencePipeline:
         t = [time.perf_counter()]
         source = read_for_preprocessing(path, self.preprocess)
         t.append(time.perf_counter())
-        plan = plan_crop(source, self.preprocess)
-        # the forward's memory is faulted in on another core while the planned crop is resampled
-        with self.config.host.prefault(self.predictor.forward_bytes(plan.target.size)):
-            scan = resample_crop(plan, self.preprocess)
+        scan = preprocess_image(source, self.preprocess)
         if not scan.lung_found:
             logger.warning("%s: no lungs found by thresholding; searching the whole scan", path)
         raw = source if keep else None
-        del source, plan
+        del source
         t.append(time.perf_counter())
         maps = self.predictor(torch.from_numpy(scan.image)[None, None])
         s = self.predictor.stride()

@@ -214,32 +214,6 @@ class Predictor:
         crop = tuple(slice(0, math.ceil(n / s)) for n in size)
         return {k: v[(..., *crop)].cpu() for k, v in out.items()}
 
-    def forward_bytes(self, size: Sequence[int] | None = None) -> int:
-        """Estimated host memory of the two largest feature maps of one network call over a volume of ``size``.
-
-        Those are the first level's (``features[0]`` channels at full resolution, two alive at once: nearly all
-        of a forward's fresh pages), per window, for as many windows as one
-        call takes. It sizes the prefault of :meth:`~pivot_monai.host.HostTuning.prefault` in ``pivot infer``.
-
-        Args:
-            size: (X, Y, Z) voxels of the preprocessed volume; ``None``: the largest window the predictor runs
-                (``max_roi``, else ``roi_size``), ``sw_batch_size`` of them.
-
-        Returns:
-            Bytes; 0 when the network does not state its ``features`` (ONNX, a TorchScript or module without them).
-        """
-        features = getattr(self.network, "features", None)
-        if not isinstance(features, (tuple, list)) or not features:
-            return 0
-        if size is None:
-            window, windows = self.max_roi or self.roi_size, self.sw_batch_size
-        else:
-            window = self.window(size)
-            steps = [max(1, int(r * (1.0 - self.overlap))) for r in window]
-            windows = math.prod(1 + max(0, math.ceil((n - r) / st)) for n, r, st in zip(size, window, steps))
-        itemsize = 2 if self.autocast else 4
-        return 2 * int(features[0]) * itemsize * math.prod(window) * min(self.sw_batch_size, windows)
-
     def window(self, size: Sequence[int]) -> tuple[int, int, int]:
         """The sliding window used for a (padded) volume of ``size``: ``roi_size``, or fitted under ``max_roi``.
 

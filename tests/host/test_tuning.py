@@ -15,7 +15,7 @@ from tests.conftest import REPO_ROOT
 
 def test_from_config_reads_the_device_section_and_defaults_the_rest():
     tuning = HostTuning.from_config({"num_threads": 2, "reuse_freed_memory": False}, torch.device("cpu"))
-    assert tuning.num_threads == 2 and tuning.reuse_freed_memory is False and tuning.prefault_memory is True
+    assert tuning.num_threads == 2 and tuning.reuse_freed_memory is False
     assert tuning.on_cpu and not HostTuning.from_config(None, "cuda:0").on_cpu
 
 

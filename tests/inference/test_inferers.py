@@ -179,18 +179,3 @@ def test_predictor_takes_the_detectors_stated_stride_without_a_measuring_forward
     # a network that does not state it is measured once on a zero patch
     plain = Predictor(lambda x: {**_pool(x), "malignancy": _pool(x)["heatmap"]}, (16, 16, 16))
     assert plain.output_stride is None and plain.stride() == 2
-
-
-def test_forward_bytes_is_two_first_level_maps_per_window_of_the_call():
-    from pivot_monai.networks import PivotDetector
-
-    net = PivotDetector(base_filters=4, depth=3, output_stride=2).eval()
-    fitted = Predictor(net, (16, 16, 16), max_roi=(64, 64, 64), multiple=8, sw_batch_size=2)
-    assert fitted.forward_bytes((40, 24, 30)) == 2 * 4 * 4 * (40 * 24 * 32)  # one fitted window, float32
-    assert fitted.forward_bytes() == 2 * 4 * 4 * 64**3 * 2  # the largest window, sw_batch_size of them
-    patches = Predictor(net, (16, 16, 16), sw_batch_size=4)
-    assert patches.forward_bytes((40, 24, 30)) == 2 * 4 * 4 * 16**3 * 4  # many patch windows: a batch per call
-    assert Predictor(net, (16, 16, 16), autocast=True, autocast_dtype=torch.bfloat16).forward_bytes((16,) * 3) == (
-        2 * 4 * 2 * 16**3
-    )
-    assert Predictor(_Pointwise(), (16, 16, 16)).forward_bytes((40, 24, 30)) == 0  # no features stated: unknown
