@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -236,3 +237,20 @@ def test_bad_logs_lines_is_422(make_client):
         sid = create(client)["session_id"]
         res = client.get(f"{SESSIONS}/{sid}/logs", params={"lines": 0})
     assert res.status_code == 422 and res.json()["field"] == "lines"
+
+
+def test_a_stop_that_takes_longer_than_stop_timeout_is_killed(make_client):
+    with make_client(epoch_seconds=5.0, stop_timeout=0.3) as client:
+        sid = create(client, overrides={"epochs": 50})["session_id"]
+
+        def started() -> bool:
+            return any(
+                "fake training attempt 1" in line for line in client.get(f"{SESSIONS}/{sid}/logs").json()["lines"]
+            )
+
+        deadline = time.monotonic() + 20
+        while not started() and time.monotonic() < deadline:
+            time.sleep(0.05)  # its SIGTERM handler is installed; it now sleeps through a 5 s epoch
+        client.post(f"{SESSIONS}/{sid}/stop")
+        stopped = wait_for(client, sid, _finished, timeout=4.0)
+    assert stopped["status"] == "stopped" and stopped["exit_code"] == -9
