@@ -147,6 +147,19 @@ def expand_paths(config: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+_STAGE_SECTIONS = {"fpr": "fpr.yaml"}
+"""Sections of stages whose bundle file is layered on its own (``fpr.yaml`` replaces ``run``): their defaults join
+every default config, so a user's ``--config`` may set them (``fpr.checkpoint``, ``fpr.fusion_weight``)."""
+
+
+def _with_stage_sections(merged: dict[str, Any]) -> dict[str, Any]:
+    for section, name in _STAGE_SECTIONS.items():
+        path = default_config_path(name)
+        if section not in merged and path.exists():
+            merged[section] = load_yaml(path).get(section, {})
+    return merged
+
+
 def load_config(
     config: str | Path | dict[str, Any] | None = None,
     *,
@@ -174,6 +187,8 @@ def load_config(
     """
     bases = [Path(p) for p in (base_configs or [default_config_path()])]
     merged = load_layered([p for p in bases if p.exists() or base_configs])
+    if base_configs is None:
+        merged = _with_stage_sections(merged)
     if config is not None:
         is_base = not isinstance(config, dict) and any(Path(config).resolve() == b.resolve() for b in bases)
         if not is_base:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Any
 
 from pivot_monai.cli.common import Command, add_config_argument
 
-__all__ = ["COMMANDS", "add_fpr_arguments", "run_classify", "run_train_fpr"]
+__all__ = ["COMMANDS", "add_fpr_arguments", "classifier_from_args", "run_classify", "run_train_fpr"]
 
 logger = logging.getLogger("pivot_monai")
 
@@ -27,6 +28,17 @@ def add_fpr_arguments(p: argparse.ArgumentParser) -> None:
         "to --checkpoint when it exists",
     )  # fmt: skip
     p.add_argument("--no-fpr", action="store_true", help="detector scores only: do not run the classifier")
+
+
+def classifier_from_args(args: argparse.Namespace, detector: Path | None) -> Any:
+    """The classifier ``pivot infer``/``pivot evaluate`` run (:func:`~pivot_monai.inference.fpr.resolve_classifier`):
+    ``--classifier``, else ``fpr.checkpoint`` of ``--config``, else ``fpr.pt`` beside ``detector``; ``None`` with
+    ``--no-fpr``, ``fpr.enabled: false`` or when there is none."""
+    if args.no_fpr:
+        return None
+    from pivot_monai.inference.fpr import load_fpr_section, resolve_classifier
+
+    return resolve_classifier(detector, load_fpr_section(args.config), args.classifier, device=_device(args.device))
 
 
 def add_classify_arguments(p: argparse.ArgumentParser) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pivot_monai.cli.common import Command, add_config_argument
+from pivot_monai.cli.fpr import add_fpr_arguments, classifier_from_args
 
 __all__ = ["COMMANDS", "run_evaluate", "run_export", "run_infer", "settings_from_args"]
 
@@ -22,6 +23,7 @@ _CONFIG_WHAT = "its data/model/inference/device sections"
 
 def _runtime_arguments(p: argparse.ArgumentParser) -> None:
     add_config_argument(p, _CONFIG_WHAT)
+    add_fpr_arguments(p)
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),
@@ -104,6 +106,7 @@ def run_infer(args: argparse.Namespace) -> int:
         save_heatmap=args.save_heatmap,
         save_previews=args.save_previews,
         num_previews=args.num_previews,
+        classifier=classifier_from_args(args, args.checkpoint or args.model),
     )
     if report["failed"]:
         logger.error(
@@ -147,6 +150,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         threshold=args.threshold,
+        classifier=classifier_from_args(args, args.checkpoint),
     )
     if metrics["n_failed"]:
         logger.error(

@@ -189,6 +189,7 @@ def evaluate(
     seed: int = 0,
     threshold: float | None = 0.5,
     max_candidates_per_scan: int = 100,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Run the detector over ``data_dir``; write ``metrics.json``, ``froc.png``, ``candidates.csv``, ``per_nodule.csv``.
 
@@ -202,6 +203,8 @@ def evaluate(
         seed: bootstrap seed. Default 0.
         threshold: operating probability of the per-nodule metrics and of the detection Dice spheres. Default 0.5.
         max_candidates_per_scan: LUNA16 per-scan candidate limit. Default 100.
+        classifier: the false-positive-reduction classifier that re-scores every scan's candidates
+            (:func:`~pivot_monai.inference.fpr.resolve_classifier`), or ``None``. Default None.
 
     Returns:
         The metrics (as in ``metrics.json``): ``cpm``, ``sensitivity@<rate>``, ``cpm_ci``/``sensitivity_ci``,
@@ -216,7 +219,7 @@ def evaluate(
     out = Path(output_dir)
     cases = discover_cases(data_dir)
     settings = settings or InferenceSettings()
-    pipeline = InferencePipeline(Predictor.from_settings(model, settings), settings)
+    pipeline = InferencePipeline(Predictor.from_settings(model, settings), settings, classifier=classifier)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     candidates, dice, failed = _predict_cases(pipeline, cases, threshold)

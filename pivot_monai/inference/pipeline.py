@@ -143,6 +143,9 @@ class InferencePipeline:
         save_heatmap: write ``<uid>_heatmap.nii.gz`` on the raw grid. Default False.
         save_previews: write ``previews/<uid>_<rank>.png`` for the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
+        classifier: the false-positive-reduction classifier that re-scores the candidates
+            (:class:`~pivot_monai.inference.fpr.CandidateClassifier`), or ``None`` for the detector's scores. Default
+            None.
     """
 
     def __init__(
@@ -153,8 +156,9 @@ class InferencePipeline:
         save_heatmap: bool = False,
         save_previews: bool = False,
         num_previews: int = 5,
+        classifier: Any = None,
     ) -> None:
-        self.predictor = predictor
+        self.predictor, self.classifier = predictor, classifier
         self.config = settings or InferenceSettings()
         self.preprocess, self.decode = self.config.preprocess, self.config.decode
         self.save_heatmap, self.save_previews, self.num_previews = save_heatmap, save_previews, int(num_previews)
@@ -189,7 +193,12 @@ class InferencePipeline:
         t.append(time.perf_counter())
         cands, index = self._decode(path, maps, scan.geometry, s)
         t.append(time.perf_counter())
-        names = ("read", "preprocess", "network", "decode")
+        names: tuple[str, ...] = ("read", "preprocess", "network", "decode")
+        if self.classifier is not None:  # false-positive reduction on the detector's own input image
+            cands, order = self.classifier.rescore(scan.image, scan.geometry, cands)
+            index = index[order]
+            t.append(time.perf_counter())
+            names += ("fpr",)
         seconds = {n: round(b - a, 3) for n, a, b in zip(names, t[:-1], t[1:])}
         return ScanPrediction(uid, path, cands, index, scan.geometry, maps, s, raw, seconds)
 
@@ -309,6 +318,7 @@ class InferencePipeline:
             "roi_size": list(self.predictor.roi_size),
             "output_stride": self.predictor.output_stride,
             "autocast": str(self.predictor.autocast_dtype).replace("torch.", "") if self.predictor.autocast else None,
+            "fpr": None if self.classifier is None else self.classifier.to_dict(),
         }
 
 
@@ -322,6 +332,7 @@ def infer_scans(
     save_previews: bool = False,
     num_previews: int = 5,
     raise_on_failure: bool = False,
+    classifier: Any = None,
 ) -> dict[str, Any]:
     """Detect nodules in raw CT scans and write ``candidates.csv`` (and ``infer_report.json``) to ``output_dir``.
 
@@ -334,6 +345,8 @@ def infer_scans(
         save_previews: write PNG previews of the top candidates. Default False.
         num_previews: candidates previewed per scan. Default 5.
         raise_on_failure: raise after writing the outputs when a scan failed. Default False.
+        classifier: the false-positive-reduction classifier (:func:`~pivot_monai.inference.fpr.resolve_classifier`),
+            or ``None`` for the detector's scores. Default None.
 
     Returns:
         The report of :meth:`InferencePipeline.run`; ``report["failed"]`` is non-empty when a scan failed.
@@ -349,6 +362,7 @@ def infer_scans(
         save_heatmap=save_heatmap,
         save_previews=save_previews,
         num_previews=num_previews,
+        classifier=classifier,
     )
     return pipeline.run(inputs, output_dir, raise_on_failure=raise_on_failure)
 
