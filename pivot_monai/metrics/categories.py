@@ -91,8 +91,14 @@ def category_sensitivities(
         for group, value in cats.items():
             groups.setdefault((group, value), []).append((at_point, bool(rec.hit)))
     order = {"size": 0, "type": 1, "location": 2}
+
+    def key(item: tuple[tuple[str, str], list]) -> tuple:
+        group, value = item[0]
+        rank = SIZE_BINS.index(value) if group == "size" and value in SIZE_BINS else 0
+        return order.get(group, 9), group, rank, value
+
     rows = []
-    for (group, value), pairs in sorted(groups.items(), key=lambda kv: (order.get(kv[0][0], 9), kv[0][0], kv[0][1])):
+    for (group, value), pairs in sorted(groups.items(), key=key):
         hits = np.array([p[0] for p in pairs], dtype=np.float64)
         rows.append(
             {
