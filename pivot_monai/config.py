@@ -220,8 +220,9 @@ def load_sections(
     for name in names:
         section = merged.get(name) or {}
         if not isinstance(section, dict):
-            raise ValueError(f"{config or default_config_path()}: section '{name}' must be a mapping, got "
-                             f"{type(section).__name__}")
+            raise ValueError(
+                f"{config or default_config_path()}: section '{name}' must be a mapping, got {type(section).__name__}"
+            )
         out[name] = section
     return out
 

@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import Inferer, SlidingWindowInferer
 
-from pivot_monai.inference.tta import IDENTITY, TTASettings, augment, invert
 from pivot_monai.host import forward_context
+from pivot_monai.inference.tta import IDENTITY, TTASettings, augment, invert
 
 __all__ = ["FittedWindowInferer", "TTAInferer", "fit_roi"]
 

@@ -33,6 +33,7 @@ from pivot_monai.metrics.froc import (
     write_submission_csv,
 )
 
+
 def __getattr__(name: str) -> object:
     if name == "plot_froc":
         from pivot_monai.metrics.plots import plot_froc
