@@ -73,11 +73,18 @@ def load_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found (expected the model.pt written by training)")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: checkpoint is empty (0 bytes; an interrupted save?); use another model.pt")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - torch raises many types for a bad file
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        if (
+            "weights_only" in first or "Weights only load failed" in first
+        ):  # never repeat "retry with weights_only=False"
+            first = "it holds objects other than tensors (not a PIVOT model.pt; untrusted files are never unpickled)"
         raise ValueError(
-            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            f"{path}: not a readable PyTorch checkpoint ({type(err).__name__}: {first}); "
             f"pass a .ts file with --model for TorchScript, .onnx for ONNX"
         ) from err
     for key in _WRAPPER_KEYS:

@@ -458,3 +458,25 @@ def test_a_crop_larger_than_the_volume_is_padded_with_one_warning(caplog):
     assert all(tuple(c["image"].shape) == (1, 16, 16, 16) for c in crops)
     warnings = [r for r in caplog.records if "is larger than a training volume" in r.getMessage()]
     assert len(warnings) == 1 and "[16, 16, 16]" in warnings[0].getMessage() and "1.2.small" in warnings[0].getMessage()
+
+
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        (b"", "checkpoint is empty (0 bytes"),
+        (None, "holds objects other than tensors"),
+        (b"PK\x03\x04", "not a readable"),
+    ],
+)
+def test_pivot_infer_with_a_bad_model_exits_2_with_one_line(tmp_path, caplog, content, expected):
+    model = tmp_path / "model.pt"
+    if content is None:
+        torch.save({"net": object()}, model)
+    else:
+        model.write_bytes(content)
+    scan = _mhd(tmp_path)
+    with caplog.at_level(logging.ERROR):
+        code = main(["infer", "--checkpoint", str(model), "--input", str(scan), "--output", str(tmp_path / "out")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert code == 2 and len(errors) == 1 and expected in errors[0] and str(model) in errors[0], errors
+    assert "weights_only=False" not in errors[0] and not (tmp_path / "out" / "candidates.csv").exists()
