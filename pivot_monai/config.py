@@ -25,6 +25,7 @@ __all__ = [
     "deep_merge",
     "default_config_path",
     "expand_paths",
+    "guide_names",
     "load_config",
     "load_layered",
     "load_section",
@@ -169,8 +170,9 @@ def load_config(
     """The merged config every entry point runs on: the bundle defaults, then the user's keys on top, validated.
 
     The user file holds only the keys it changes (the guide's "Minimal Configuration"), as nested mappings or with
-    MONAI's ``#`` paths (``data#patch_size``, as in ``bundle/configs/demo.yaml``); mappings are deep-merged. A file
-    that is one of the base configs is taken as it is.
+    MONAI's ``#`` paths (``data#patch_size``, as in ``bundle/configs/demo.yaml``); mappings are deep-merged. The
+    training guide's names are mapped onto PIVOT's first (:func:`guide_names`). A file that is one of the base configs
+    is taken as it is.
 
     Args:
         config: the user's YAML file or mapping; ``None``: the defaults only.
@@ -192,8 +194,9 @@ def load_config(
     if config is not None:
         is_base = not isinstance(config, dict) and any(Path(config).resolve() == b.resolve() for b in bases)
         if not is_base:
-            user = expand_paths(config if isinstance(config, dict) else load_yaml(config))
-            validate_keys(user, merged, source="config" if isinstance(config, dict) else str(config))
+            where = "config" if isinstance(config, dict) else str(config)
+            user = guide_names(expand_paths(config if isinstance(config, dict) else load_yaml(config)), where)
+            validate_keys(user, merged, source=where)
             merged = deep_merge(merged, user)
     if experiment_name:
         for section, key in _OUTPUT_KEYS:
@@ -230,3 +233,49 @@ def load_sections(
 def load_section(name: str, config: str | Path | dict[str, Any] | None = None) -> dict[str, Any]:
     """One section of :func:`load_sections`, e.g. ``load_section("data", "bundle/configs/demo.yaml")``."""
     return load_sections(config, (name,))[name]
+
+
+def _rename(section: dict[str, Any], old: str, new: str) -> None:
+    if old in section:
+        section[new] = section.pop(old)
+
+
+def _model_names(model: dict[str, Any], where: str) -> None:
+    """The guide's ``model`` block (U-Net Configuration) in PIVOT's names, in place."""
+    if model.get("type") == "unet":
+        model["type"] = "basic_unet_multihead"  # the guide's U-Net is PIVOT's BasicUNet-derived detector
+    _rename(model, "use_batch_norm", "batch_norm")
+    if "use_dropout" in model or "dropout_rate" in model:
+        use, rate = model.pop("use_dropout", True), model.pop("dropout_rate", 0.1)
+        if not isinstance(use, bool):
+            raise ValueError(f"{where}: model.use_dropout must be true or false, got {use!r}")
+        model["dropout"] = float(rate) if use else 0.0
+    for key, why in (("in_channels", "CT scans have one channel"), ("out_channels", "the heatmap head has one")):
+        if key in model:
+            value = model.pop(key)
+            if value != 1:
+                raise ValueError(
+                    f"{where}: model.{key} must be 1 ({why}; diameter and malignancy have heads of their own), "
+                    f"got {value!r}; remove the key or set it to 1"
+                )
+
+
+def guide_names(config: dict[str, Any], where: str = "config") -> dict[str, Any]:
+    """A user config with the training guide's names (``../shared/guide/TRAINING.md``) mapped onto PIVOT's.
+
+    The guide is a documented input schema; this is the one place it is read. Mapped so far:
+
+    * ``model.type: unet`` -> ``basic_unet_multihead``; ``model.use_batch_norm`` -> ``model.batch_norm``;
+      ``model.use_dropout`` + ``model.dropout_rate`` -> ``model.dropout`` (the rate, or 0 when not used);
+      ``model.in_channels: 1`` and ``model.out_channels: 1`` (the defaults; other values are an error saying why);
+    * ``checkpointing.save_dir`` -> ``checkpointing.dir``.
+
+    Raises:
+        ValueError: a guide key PIVOT cannot honour, with the reason and what to use instead.
+    """
+    out = copy.deepcopy(config)
+    if isinstance(out.get("model"), dict):
+        _model_names(out["model"], where)
+    if isinstance(out.get("checkpointing"), dict):
+        _rename(out["checkpointing"], "save_dir", "dir")
+    return out
