@@ -260,6 +260,28 @@ def _model_names(model: dict[str, Any], where: str) -> None:
                 )
 
 
+def _training_names(training: dict[str, Any], where: str) -> None:
+    """The guide's ``training.optimizer`` (Optimizers) in PIVOT's names, in place."""
+    optimizer = training.get("optimizer")
+    if isinstance(optimizer, str):  # the guide's short form, `optimizer: adamw`
+        training["optimizer"] = optimizer = {"type": optimizer}
+    if not isinstance(optimizer, dict):
+        return
+    if "learning_rate" in optimizer:
+        lr = optimizer.pop("learning_rate")
+        if "learning_rate" in training and training["learning_rate"] != lr:
+            raise ValueError(
+                f"{where}: training.learning_rate ({training['learning_rate']!r}) and training.optimizer.learning_rate "
+                f"({lr!r}) disagree; give one of them"
+            )
+        training["learning_rate"] = lr
+    if isinstance(optimizer.get("eps"), str):  # YAML reads `1e-8` (no dot) as a string
+        try:
+            optimizer["eps"] = float(optimizer["eps"])
+        except ValueError as err:
+            raise ValueError(f"{where}: training.optimizer.eps must be a number, got {optimizer['eps']!r}") from err
+
+
 def guide_names(config: dict[str, Any], where: str = "config") -> dict[str, Any]:
     """A user config with the training guide's names (``../shared/guide/TRAINING.md``) mapped onto PIVOT's.
 
@@ -268,6 +290,9 @@ def guide_names(config: dict[str, Any], where: str = "config") -> dict[str, Any]
     * ``model.type: unet`` -> ``basic_unet_multihead``; ``model.use_batch_norm`` -> ``model.batch_norm``;
       ``model.use_dropout`` + ``model.dropout_rate`` -> ``model.dropout`` (the rate, or 0 when not used);
       ``model.in_channels: 1`` and ``model.out_channels: 1`` (the defaults; other values are an error saying why);
+    * ``training.optimizer: adamw`` (a name) -> ``{type: adamw}``; ``training.optimizer.learning_rate`` ->
+      ``training.learning_rate``; an ``eps`` YAML read as a string (``1e-8``) -> a number;
+    * ``validation.save_best_metric: froc_score`` -> ``val_froc`` (the validation FROC/CPM);
     * ``checkpointing.save_dir`` -> ``checkpointing.dir``.
 
     Raises:
@@ -276,6 +301,10 @@ def guide_names(config: dict[str, Any], where: str = "config") -> dict[str, Any]
     out = copy.deepcopy(config)
     if isinstance(out.get("model"), dict):
         _model_names(out["model"], where)
+    if isinstance(out.get("training"), dict):
+        _training_names(out["training"], where)
+    if isinstance(out.get("validation"), dict) and out["validation"].get("save_best_metric") == "froc_score":
+        out["validation"]["save_best_metric"] = "val_froc"
     if isinstance(out.get("checkpointing"), dict):
         _rename(out["checkpointing"], "save_dir", "dir")
     return out

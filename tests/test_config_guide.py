@@ -56,3 +56,35 @@ def test_channel_counts_other_than_one_are_refused_with_the_reason(key):
 
 def test_checkpointing_save_dir_is_the_checkpoint_folder():
     assert load_config({"checkpointing": {"save_dir": "checkpoints"}})["checkpointing"]["dir"] == "checkpoints"
+
+
+@pytest.mark.parametrize(
+    "heading, copy, expected",
+    [
+        ("#### AdamW (Recommended)", "adamw.yaml", (torch.optim.AdamW, 0.001, {"weight_decay": 1e-4, "eps": 1e-8})),
+        ("#### SGD with Momentum", "sgd_momentum.yaml", (torch.optim.SGD, 0.01, {"momentum": 0.9, "nesterov": True})),
+    ],
+)
+@pytest.mark.parametrize("source", ["guide", "copy"])
+def test_the_guides_optimizer_blocks_build_the_optimizer_they_describe(heading, copy, expected, source):
+    from pivot_monai.engines.optim import build_optimizer
+
+    block = _guide_block(heading) if source == "guide" else yaml.safe_load((COPIES / copy).read_text())
+    training = load_config(block)["training"]
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), training["learning_rate"], training["optimizer"])
+    cls, lr, options = expected
+    assert type(optimizer) is cls and optimizer.param_groups[0]["lr"] == lr
+    for key, value in options.items():
+        assert optimizer.param_groups[0][key] == value, key
+
+
+def test_the_optimizer_short_form_and_conflicting_learning_rates():
+    assert load_config({"training": {"optimizer": "sgd"}})["training"]["optimizer"]["type"] == "sgd"
+    with pytest.raises(ValueError, match="disagree"):
+        load_config({"training": {"learning_rate": 0.1, "optimizer": {"learning_rate": 0.2}}})
+
+
+def test_froc_score_is_the_validation_cpm_for_best_checkpoints():
+    assert (
+        load_config({"validation": {"save_best_metric": "froc_score"}})["validation"]["save_best_metric"] == "val_froc"
+    )
