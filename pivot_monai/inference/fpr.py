@@ -70,15 +70,15 @@ class FPRSettings:
     channels: tuple[int, ...] = (8, 16, 32)
     hidden: int = 64
     dropout: float = 0.2
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 32
-    learning_rate: float = 1e-3
+    learning_rate: float = 2e-3
     weight_decay: float = 1e-4
-    fusion_weight: float = 0.5
+    fusion_weight: float = 0.25
     positive_fraction: float = 0.3
     positives_per_nodule: int = 4
     positive_jitter_mm: float = 2.0
-    max_negatives_per_scan: int = 100
+    max_negatives_per_scan: int = 30
     augment: bool = True
     seed: int = 0
 
@@ -245,7 +245,7 @@ class CandidateClassifier:
         network: MultiScaleClassifier,
         fov_mm: Sequence[float],
         grid: int,
-        fusion_weight: float = 0.5,
+        fusion_weight: float = 0.25,
         device: str | torch.device = "cpu",
         batch_size: int = 128,
         detector: str | None = None,
@@ -341,7 +341,7 @@ class CandidateClassifier:
         network.load_state_dict(state["model"])
         patches = state["patches"]
         loaded = cls(
-            network, patches["fov_mm"], int(patches["grid"]), float(state.get("fusion_weight", 0.5)), device,
+            network, patches["fov_mm"], int(patches["grid"]), float(state.get("fusion_weight", 0.25)), device,
             detector=state.get("detector"),
         )  # fmt: skip
         loaded.path = p

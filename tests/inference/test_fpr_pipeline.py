@@ -9,7 +9,7 @@ import torch
 
 from pivot_monai.cli import main
 from pivot_monai.data.preprocess import PreprocessConfig, preprocess_image, read_for_preprocessing
-from pivot_monai.inference.fpr import CandidateClassifier, fuse_probability
+from pivot_monai.inference.fpr import CandidateClassifier, fuse_probability, load_fpr_section
 from pivot_monai.metrics.froc import read_submission_csv
 from pivot_monai.networks.classifier import MultiScaleClassifier
 
@@ -36,10 +36,11 @@ def test_pivot_infer_fuses_the_classifier_next_to_the_checkpoint_and_no_fpr_turn
     plain = read_submission_csv(tmp_path / "plain" / "candidates.csv")[uid]
     settings = [json.loads((tmp_path / d / "infer_report.json").read_text())["settings"] for d in ("fpr", "plain")]
     assert settings[0]["fpr"]["checkpoint"] == str(tiny_checkpoint.with_name("fpr.pt")) and settings[1]["fpr"] is None
-    # the fused probability is detector^0.5 * classifier^0.5 of the same candidates, re-sorted
+    # the fused probability is detector^(1-w) * classifier^w of the same candidates, re-sorted
     cfg = PreprocessConfig.from_data_section(TINY_DATA)
     scan = preprocess_image(read_for_preprocessing(root / "subset0" / f"{uid}.mhd", cfg), cfg)
-    expected = fuse_probability(plain.probability, clf.score(scan.image, scan.geometry, plain.world), 0.5)
+    weight = load_fpr_section(None)["fusion_weight"]  # the config's weight (fpr.yaml) wins over the checkpoint's
+    expected = fuse_probability(plain.probability, clf.score(scan.image, scan.geometry, plain.world), weight)
     order = np.argsort(-expected, kind="stable")
     np.testing.assert_allclose(fused.world, plain.world[order], atol=1e-6)
     np.testing.assert_allclose(fused.probability, expected[order], atol=1e-5)
