@@ -7,8 +7,9 @@ with the CPU demo profile ``bundle/configs/demo.yaml`` layered over ``train.yaml
 Data: ``--num-scans`` ``medium`` scans (~1.1 mm in-plane, real-CT vessel density) of the generator's ``train``
 domain, split 70/15/15, and ``--heldout-scans`` fullsize 512 x 512 scans of the disjoint ``heldout`` domain, which
 nothing trains or selects on. The summary prints both domains: CPM with CIs, FP/scan at 85/90 % sensitivity and the
-per-category sensitivities. Synthesis is skipped when its output exists (cached between runs) and preprocessing
-resumes, so an interrupted demo continues.
+per-category sensitivities. After the detector, the false-positive-reduction classifier is trained on its candidates
+(``pivot train-fpr``; ``--no-fpr`` skips it). Synthesis is skipped when its output exists (cached between runs)
+and preprocessing resumes, so an interrupted demo continues.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def synth(raw: Path, num_scans: int, seed: int, size: str, domain: str, derived:
     return pivot(argv)
 
 
-def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int) -> int:
+def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool = True) -> int:
     raw, processed, heldout = work_dir / "raw", work_dir / "processed", work_dir / "heldout_raw"
     config = ["--config", str(DEMO_CONFIG)] if DEMO_CONFIG.exists() else []
     code = synth(raw, num_scans, seed, TRAIN_SIZE, "train", [processed], work_dir / "preview_train.png")
@@ -74,6 +75,15 @@ def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int) -> int:
     code = train(processed)
     if code:
         return code
+    if fpr:
+        # the second stage learns the detector's own candidates on the training scans; pivot infer and evaluate then
+        # use bundle/models/fpr.pt by default
+        argv = ["train-fpr", "--data-dir", str(processed / "train"), "--checkpoint", "bundle/models/model.pt", *config]
+        logger.info("[demo] train-fpr: pivot %s", " ".join(argv))
+        code = pivot(argv)
+        if code:
+            logger.error("[demo] train-fpr failed with exit code %d", code)
+            return code
     return infer_and_evaluate(work_dir, processed, heldout, config)
 
 
@@ -145,6 +155,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--num-scans", type=int, default=100, help="train-domain scans (demo.yaml is sized for 100)")
     p.add_argument("--heldout-scans", type=int, default=20, help="fullsize held-out-domain scans, never trained on")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the split")
+    p.add_argument("--no-fpr", action="store_true", help="skip the false-positive-reduction classifier")
     return p.parse_args(argv)
 
 
@@ -153,4 +164,4 @@ if __name__ == "__main__":
 
     setup_logging()
     args = parse_args()
-    sys.exit(run(args.work_dir, args.num_scans, args.seed, args.heldout_scans))
+    sys.exit(run(args.work_dir, args.num_scans, args.seed, args.heldout_scans, fpr=not args.no_fpr))
