@@ -8,6 +8,8 @@ attenuations varying by a few tens of HU between patients.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from pivot_monai.data.synthetic.chest_model import SIDES, Capsule, ChestModel, Fissure, Tissue, band_profile
@@ -49,43 +51,29 @@ def _fissures(rng: np.random.Generator, height: float) -> tuple[Fissure, ...]:
     return tuple(out)
 
 
-def sample_chest_model(rng: np.random.Generator, domain: Domain | None = None) -> ChestModel:
-    """Draw one adult chest: body habitus, lung size, mediastinum and skeleton vary within adult ranges.
-
-    Args:
-        rng: the scan's random generator.
-        domain: generator domain for the patient-dependent ranges (body fat, lung attenuation); None means
-            ``train``.
+def _mediastinum(
+    u: Callable[[float, float], float],
+    *,
+    mx: float,
+    cav_b: float,
+    vb_a: float,
+    vb_b: float,
+    spine_y: float,
+    height: float,
+    heart_c: np.ndarray,
+    heart_r: np.ndarray,
+    hilum_z: float,
+    arch_z: float,
+    carina_z: float,
+    band_w: tuple[float, float],
+    hilum_bulge: float,
+) -> tuple[tuple[Capsule, ...], list[np.ndarray], tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """Great vessels and central airways as capsules, the hila and the left atrium.
 
     Returns:
-        A :class:`ChestModel` in the patient-local frame (body width about 270-370 mm, lungs 225-290 mm tall).
+        ``(capsules, arterial hila, venous hila, left atrium, trachea (x, y))``.
     """
-    domain = DOMAINS["train"] if domain is None else domain
-    u = rng.uniform
-    cav_a, cav_b = u(118.0, 145.0), u(72.0, 92.0)
-    cav_b_post = cav_b * u(1.1, 1.25)
-    fat_t, muscle_t, rib_zone = draw(rng, domain.fat_mm), u(7.0, 12.0), u(10.0, 13.0)
-    vb_b = u(13.0, 17.0)
-    vb_a, canal_r, spinous_len = vb_b * u(1.05, 1.2), u(7.0, 9.0), u(25.0, 35.0)
-    spine_y = cav_b_post - vb_b - u(8.0, 14.0)
-    wall = rib_zone + muscle_t + fat_t
-    body_b_post = max(cav_b_post + wall + u(10.0, 25.0), spine_y + vb_b + 2 * canal_r + spinous_len + 8.0 + fat_t)
-    height = u(235.0, 300.0)
-    dome_r = height * u(0.2, 0.3)
-    dome_top = (dome_r, dome_r - u(5.0, 20.0))
-    mx = u(-6.0, 6.0)
-    carina_z = height * u(0.6, 0.68)
-    hilum_z = carina_z - u(15.0, 25.0)
-    arch_z = carina_z + u(20.0, 32.0)
-    band_w = (u(20.0, 28.0), u(20.0, 28.0))
-    hilum_bulge = u(8.0, 14.0)
-
-    heart_r = np.array([u(55.0, 68.0), u(42.0, 52.0), u(48.0, 58.0)])
-    heart_c = np.array([mx + u(14.0, 26.0), -cav_b * u(0.1, 0.2), dome_top[1] - u(15.0, 25.0) + heart_r[2]])
-    heart_angle, heart_tilt = np.deg2rad(u(25.0, 45.0)), np.deg2rad(u(15.0, 35.0))
     heart_top = heart_c[2] + heart_r[2]
-
-    # great vessels and central airways, as capsules
     top = height + 120.0
     r_asc, r_desc = u(13.0, 16.0), u(10.0, 12.5)
     asc = np.array([mx - u(2.0, 8.0), -cav_b * u(0.15, 0.28)])
@@ -143,6 +131,59 @@ def sample_chest_model(rng: np.random.Generator, domain: Domain | None = None) -
         ),
         cap("trachea", (*trachea, top), (*trachea, carina_z), r_tr, 2.5),
         cap("oesophagus", (*eso, top), (*eso, -80.0), r_eso),
+    )
+    return capsules, hila, vein_hila, left_atrium, trachea
+
+
+def sample_chest_model(rng: np.random.Generator, domain: Domain | None = None) -> ChestModel:
+    """Draw one adult chest: body habitus, lung size, mediastinum and skeleton vary within adult ranges.
+
+    Args:
+        rng: the scan's random generator.
+        domain: generator domain for the patient-dependent ranges (body fat, lung attenuation); None means
+            ``train``.
+
+    Returns:
+        A :class:`ChestModel` in the patient-local frame (body width about 270-370 mm, lungs 225-290 mm tall).
+    """
+    domain = DOMAINS["train"] if domain is None else domain
+    u = rng.uniform
+    cav_a, cav_b = u(118.0, 145.0), u(72.0, 92.0)
+    cav_b_post = cav_b * u(1.1, 1.25)
+    fat_t, muscle_t, rib_zone = draw(rng, domain.fat_mm), u(7.0, 12.0), u(10.0, 13.0)
+    vb_b = u(13.0, 17.0)
+    vb_a, canal_r, spinous_len = vb_b * u(1.05, 1.2), u(7.0, 9.0), u(25.0, 35.0)
+    spine_y = cav_b_post - vb_b - u(8.0, 14.0)
+    wall = rib_zone + muscle_t + fat_t
+    body_b_post = max(cav_b_post + wall + u(10.0, 25.0), spine_y + vb_b + 2 * canal_r + spinous_len + 8.0 + fat_t)
+    height = u(235.0, 300.0)
+    dome_r = height * u(0.2, 0.3)
+    dome_top = (dome_r, dome_r - u(5.0, 20.0))
+    mx = u(-6.0, 6.0)
+    carina_z = height * u(0.6, 0.68)
+    hilum_z = carina_z - u(15.0, 25.0)
+    arch_z = carina_z + u(20.0, 32.0)
+    band_w = (u(20.0, 28.0), u(20.0, 28.0))
+    hilum_bulge = u(8.0, 14.0)
+
+    heart_r = np.array([u(55.0, 68.0), u(42.0, 52.0), u(48.0, 58.0)])
+    heart_c = np.array([mx + u(14.0, 26.0), -cav_b * u(0.1, 0.2), dome_top[1] - u(15.0, 25.0) + heart_r[2]])
+    heart_angle, heart_tilt = np.deg2rad(u(25.0, 45.0)), np.deg2rad(u(15.0, 35.0))
+    capsules, hila, vein_hila, left_atrium, trachea = _mediastinum(
+        u,
+        mx=mx,
+        cav_b=cav_b,
+        vb_a=vb_a,
+        vb_b=vb_b,
+        spine_y=spine_y,
+        height=height,
+        heart_c=heart_c,
+        heart_r=heart_r,
+        hilum_z=hilum_z,
+        arch_z=arch_z,
+        carina_z=carina_z,
+        band_w=band_w,
+        hilum_bulge=hilum_bulge,
     )
     rib_z1 = height + u(0.0, 15.0)
     sternum_z = (dome_top[0] + u(-10.0, 10.0), carina_z + u(45.0, 70.0))

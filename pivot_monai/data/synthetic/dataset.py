@@ -319,21 +319,7 @@ def generate_dataset(
             all_excluded += scan.excluded
             if scan_stats is not None:
                 stats.append(scan_stats)
-            info = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scan.info.items() if k != "seconds"}
-            summary.append(
-                {
-                    "uid": uid,
-                    "path": str(path),
-                    "shape": list(scan.array.shape),
-                    "spacing": [round(float(v), 6) for v in scan.geometry.spacing],
-                    "origin": [round(float(o), 6) for o in scan.geometry.origin],
-                    "n_nodules": len(scan.nodules),
-                    "n_excluded": len(scan.excluded),
-                    "findings": scan.findings,
-                    "info": info,
-                    "seconds": round(scan.info["seconds"], 3),
-                }
-            )
+            summary.append(_summary_row(uid, path, scan))
             logger.debug("scan %d/%d %s: shape %s, %d nodule(s)", index + 1, num_scans, uid, scan.array.shape,
                          len(scan.nodules))  # fmt: skip
     finally:
@@ -356,6 +342,23 @@ def generate_dataset(
 
         render_preview(root, preview)
     return summary
+
+
+def _summary_row(uid: str, path: Path, scan: SyntheticScan) -> dict[str, Any]:
+    """One scan's entry of :func:`generate_dataset`'s summary (and of ``synthetic_findings.json``)."""
+    info = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in scan.info.items() if k != "seconds"}
+    return {
+        "uid": uid,
+        "path": str(path),
+        "shape": list(scan.array.shape),
+        "spacing": [round(float(v), 6) for v in scan.geometry.spacing],
+        "origin": [round(float(o), 6) for o in scan.geometry.origin],
+        "n_nodules": len(scan.nodules),
+        "n_excluded": len(scan.excluded),
+        "findings": scan.findings,
+        "info": info,
+        "seconds": round(scan.info["seconds"], 3),
+    }
 
 
 def _progress(results: Any, total: int) -> Any:
