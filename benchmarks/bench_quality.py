@@ -41,6 +41,7 @@ from benchmarks.common import (
     RESULTS_DIR,
     WORK_DIR,
     Row,
+    ensure_raw_dataset,
     ensure_training_split,
     format_table,
     load_profile,
@@ -123,16 +124,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ensure_domain_dataset(size: str, num_scans: int, seed: int, domain: str) -> Path:
-    """A synthetic raw dataset of ``domain`` under ``benchmarks/work/``, generated once and reused."""
-    from pivot_monai.data.synthetic import dataset_is_current, generate_dataset
-
-    root = WORK_DIR / f"raw_{domain}_{size}_seed{seed}_n{num_scans}"
-    if not dataset_is_current(root, num_scans, seed, size, domain=domain):
-        generate_dataset(root, num_scans, seed=seed, size=size, domain=domain, workers=2)
-    return root
-
-
 def main(argv: Sequence[str] | None = None) -> list[Row]:
     """Evaluate on both domains, write ``benchmarks/results/quality*.json`` and return the table rows.
 
@@ -167,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     settings = InferenceSettings.from_config(sections)
     summaries, metrics, seconds = {}, {}, {}
     for name, (size, scans, seed, domain) in plan.items():
-        data_dir = ensure_domain_dataset(size, scans, seed, domain)
+        data_dir = ensure_raw_dataset(size, scans, seed, domain)
         out = WORK_DIR / "quality_eval" / domain
         start = time.perf_counter()
         metrics[name] = evaluate(checkpoint, data_dir, out, settings, bootstrap=bootstrap, threshold=args.threshold)

@@ -382,25 +382,27 @@ def run_isolated(
 
 
 # ---------------------------------------------------------------------------------------------------- data and models
-def ensure_raw_dataset(size: str, num_scans: int, seed: int) -> Path:
+def ensure_raw_dataset(size: str, num_scans: int, seed: int, domain: str = "train") -> Path:
     """A synthetic raw dataset under ``benchmarks/work/``, generated once and reused by later runs.
 
     Args:
-        size: ``small`` or ``fullsize`` (see :mod:`pivot_monai.data.synthetic`).
+        size: ``small``, ``medium`` or ``fullsize`` (see :mod:`pivot_monai.data.synthetic`).
         num_scans: number of scans.
         seed: dataset seed; benchmarks evaluate on seeds >= 1000, never used for training (``make demo`` uses 0).
+        domain: generator domain, ``train`` or ``heldout``. Default ``train``.
 
     Returns:
         The dataset root (``subset0/*.mhd``, ``annotations.csv``, ``annotations_excluded.csv``, ``seriesuids.csv``).
     """
-    from pivot_monai.data.synthetic import GENERATOR_VERSION, generate_dataset
+    from pivot_monai.data.synthetic import GENERATOR_VERSION, dataset_is_current, generate_dataset
 
-    root = WORK_DIR / f"raw_{size}_seed{seed}_n{num_scans}_v{GENERATOR_VERSION}"
-    if (root / "seriesuids.csv").exists():
+    tag = "" if domain == "train" else f"_{domain}"
+    root = WORK_DIR / f"raw_{size}{tag}_seed{seed}_n{num_scans}_v{GENERATOR_VERSION}"
+    if dataset_is_current(root, num_scans, seed, size, domain=domain):
         return root
-    logger.info("generating %d %s synthetic scan(s) (seed %d) into %s", num_scans, size, seed, root)
+    logger.info("generating %d %s %s-domain scan(s) (seed %d) into %s", num_scans, size, domain, seed, root)
     start = time.perf_counter()
-    generate_dataset(root, num_scans, seed=seed, size=size)
+    generate_dataset(root, num_scans, seed=seed, size=size, domain=domain, workers=2)
     logger.info("generated in %.1f s", time.perf_counter() - start)
     return root
 
