@@ -1,7 +1,9 @@
 """``pivot infer``, ``pivot evaluate`` and ``pivot export``: thin wrappers of the inference stage's functions.
 
-Each builds one :class:`~pivot_monai.inference.settings.InferenceSettings` from ``--config`` (merged over
-``bundle/configs/train.yaml``) and the flags, applies the host's tuning, and calls the stage's function.
+Each builds one :class:`~pivot_monai.inference.settings.InferenceSettings` from what the model recorded, the keys
+``--config`` sets and the flags (:func:`~pivot_monai.inference.model_settings.settings_for_model`; a model without a
+description runs with ``--config`` merged over ``bundle/configs/train.yaml``), applies the host's tuning, and calls
+the stage's function.
 """
 
 from __future__ import annotations
@@ -45,11 +47,13 @@ def _runtime_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
-def settings_from_args(args: argparse.Namespace) -> Any:
-    """The run's :class:`~pivot_monai.inference.settings.InferenceSettings`, with the host's tuning applied."""
-    from pivot_monai.inference.settings import InferenceSettings
+def settings_from_args(args: argparse.Namespace, model: Any = None) -> Any:
+    """The run's :class:`~pivot_monai.inference.settings.InferenceSettings` for ``model``, with the host's tuning
+    applied."""
+    from pivot_monai.inference.model_settings import settings_for_model
 
-    settings = InferenceSettings.from_config(
+    settings = settings_for_model(
+        model,
         args.config,
         device=args.device,
         tta=args.tta,
@@ -61,10 +65,23 @@ def settings_from_args(args: argparse.Namespace) -> Any:
     return settings
 
 
+def _classifier(args: argparse.Namespace, model: Any, device: Any) -> Any:
+    """``--classifier``, ``fpr.checkpoint`` or ``fpr.pt`` beside the model, else the classifier inside the model."""
+    if args.no_fpr:
+        return None
+    from pivot_monai.inference.fpr import load_fpr_section
+    from pivot_monai.inference.model_settings import embedded_classifier
+
+    found = classifier_from_args(args, model)
+    return found if found is not None else embedded_classifier(model, load_fpr_section(args.config), device)
+
+
 def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``pivot infer``."""
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="training checkpoint (model.pt) built with the config's model")
+    src.add_argument(
+        "--checkpoint", type=Path, help="model.pt: describes itself (an older bare state_dict needs --config)"
+    )
     src.add_argument("--model", type=Path, help="exported model: model.ts (TorchScript) or model.onnx")
     p.add_argument(
         "-i", "--input", type=Path, nargs="+", required=True,
@@ -98,15 +115,17 @@ def run_infer(args: argparse.Namespace) -> int:
     """``pivot infer``: 0 ok, 1 some scan failed."""
     from pivot_monai.inference.pipeline import REPORT_NAME, infer_scans
 
+    model = args.checkpoint or args.model
+    settings = settings_from_args(args, model)
     report = infer_scans(
         [str(p) for p in args.input],
         args.output,
-        args.checkpoint or args.model,
-        settings_from_args(args),
+        model,
+        settings,
         save_heatmap=args.save_heatmap,
         save_previews=args.save_previews,
         num_previews=args.num_previews,
-        classifier=classifier_from_args(args, args.checkpoint or args.model),
+        classifier=_classifier(args, model, settings.device),
     )
     if report["failed"]:
         logger.error(
@@ -118,7 +137,12 @@ def run_infer(args: argparse.Namespace) -> int:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``pivot evaluate``."""
-    p.add_argument("--checkpoint", type=Path, required=True, help="model.pt (with the config's model), .ts or .onnx")
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        required=True,
+        help="model.pt, .ts or .onnx (an older bare state_dict needs --config)",
+    )
     p.add_argument(
         "-i", "--input", "--data-dir", dest="input", type=Path, required=True,
         help="processed split (e.g. data/processed/test) or raw folder with annotations.csv",
@@ -142,15 +166,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """``pivot evaluate``: 0 ok, 1 some scan failed (left out of the metrics)."""
     from pivot_monai.inference.evaluate import evaluate
 
+    settings = settings_from_args(args, args.checkpoint)
     metrics = evaluate(
         args.checkpoint,
         args.input,
         args.output,
-        settings_from_args(args),
+        settings,
         bootstrap=args.bootstrap,
         seed=args.seed,
         threshold=args.threshold,
-        classifier=classifier_from_args(args, args.checkpoint),
+        classifier=_classifier(args, args.checkpoint, settings.device),
     )
     if metrics["n_failed"]:
         logger.error(
@@ -168,9 +193,17 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
         "-i", "--input", "--checkpoint", dest="input", type=Path, required=True,
         help="training checkpoint (model.pt)",
     )  # fmt: skip
-    p.add_argument("--format", choices=("torchscript", "onnx"), required=True, help="export format")
+    p.add_argument(
+        "--format", choices=("torchscript", "onnx", "checkpoint"), required=True,
+        help="export format; checkpoint: a self-describing model.pt (e.g. to publish a run's model)",
+    )  # fmt: skip
     p.add_argument("-o", "--output", type=Path, required=True, help="file to write, e.g. model.ts or model.onnx")
-    add_config_argument(p, "its model section builds the network")
+    add_config_argument(p, "only for an older bare state_dict: its model section builds the network")
+    p.add_argument(
+        "--classifier", type=Path, default=None,
+        help="false-positive-reduction classifier to put inside the export; None = the one in or beside --input",
+    )  # fmt: skip
+    p.add_argument("--no-fpr", action="store_true", help="export the detector alone")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version")
     p.add_argument(
         "--patch-size",
@@ -183,14 +216,17 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """``pivot export``: 0 ok, 1 the export does not reproduce the eager network."""
-    from pivot_monai.config import load_sections
     from pivot_monai.inference.export import ExportError, export_model
+    from pivot_monai.inference.model_settings import sections_for_model
 
-    cfg = load_sections(args.config, ("data", "model"))
+    cfg, _ = sections_for_model(args.input, args.config)
     patch = args.patch_size or cfg["data"].get("patch_size", [64, 64, 64])
-    kwargs = {"opset": args.opset} if args.format == "onnx" else {}
+    kwargs: dict[str, Any] = {"opset": args.opset} if args.format == "onnx" else {}
+    classifier = False if args.no_fpr else args.classifier
     try:
-        export_model(args.input, cfg["model"], args.output, args.format, patch, **kwargs)
+        export_model(
+            args.input, cfg["model"], args.output, args.format, patch, sections=cfg, classifier=classifier, **kwargs
+        )
     except ExportError as err:
         logger.error("%s", err)
         return 1

@@ -23,6 +23,12 @@ resumes with the rest of that epoch's iterations on a fresh pass of the loader.
 
 :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``) with atomic
 writes: the old file stays in place until the new one is complete.
+
+**Self-describing files.** :func:`attach_model_metadata` gives the run's savers the model's description
+(:mod:`pivot_monai.networks.metadata`: the resolved ``model`` section, the preprocessing, the inference settings,
+the versions and the run id). Then ``model.pt`` and ``model_best.pt`` are ``{"model": state_dict, "pivot":
+description}`` and every resumable checkpoint's ``pivot`` entry holds it too, so ``pivot infer --checkpoint``
+needs no config. Without it (a bundle config that does not call it) they hold the bare ``state_dict``, as before.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -54,8 +61,9 @@ from pivot_monai.engines.checkpoint import (
     rotate_checkpoints,
 )
 from pivot_monai.engines.rng import capture_rng, restore_rng
+from pivot_monai.networks.metadata import METADATA_KEY, describe_model
 
-__all__ = ["AtomicCheckpointSaver", "TrainingCheckpointer", "resume_mode"]
+__all__ = ["AtomicCheckpointSaver", "TrainingCheckpointer", "attach_model_metadata", "resume_mode"]
 
 _MODES = ("auto", "true", "false")
 
@@ -153,6 +161,7 @@ class TrainingCheckpointer:
         self.last_saved: tuple[int, Path] | None = None  # (iteration, path) of the newest checkpoint written
         self._pending: dict[str, Any] | None = None
         self._finished = False
+        self.describe: Callable[[], dict[str, Any]] | None = None  # set by attach_model_metadata
 
     # ------------------------------------------------------------------------------------------------ attach
     def attach(self, engine: Engine) -> None:
@@ -205,6 +214,8 @@ class TrainingCheckpointer:
             "stage": int(getattr(getattr(self.stage_state, "stage", None), "index", -1)),
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
+        if self.describe is not None:  # the model's description next to the layout's own entries
+            out["pivot"] = {**self.describe(), **out["pivot"]}
         return out
 
     def save(self, engine: Engine) -> Path | None:
@@ -357,12 +368,20 @@ class TrainingCheckpointer:
 
 class _AtomicDiskSaver(BaseSaveHandler):
     """ignite save handler writing through :func:`~pivot_monai.engines.checkpoint.atomic_save`; with a fixed
-    ``filename`` its ``remove`` is a no-op, so the previous file stays until the new one replaces it."""
+    ``filename`` its ``remove`` is a no-op, so the previous file stays until the new one replaces it. When its owner
+    has a description (:func:`attach_model_metadata`), a single object's ``state_dict`` is written as ``{"model":
+    state_dict, "pivot": description}`` (several objects: ``pivot`` added to their mapping)."""
 
-    def __init__(self, dirname: str | Path, filename: str | None = None) -> None:
-        self.dirname, self.filename = Path(dirname), filename
+    def __init__(self, dirname: str | Path, filename: str | None = None, owner: Any = None) -> None:
+        self.dirname, self.filename, self.owner = Path(dirname), filename, owner
 
     def __call__(self, checkpoint: Any, filename: str, metadata: Any = None) -> None:
+        describe = getattr(self.owner, "describe", None)
+        if describe is not None:
+            single = len(getattr(self.owner, "save_dict", {}) or {}) == 1
+            checkpoint = (
+                {"model": checkpoint, METADATA_KEY: describe()} if single else {**checkpoint, METADATA_KEY: describe()}
+            )
         atomic_save(checkpoint, self.dirname / (self.filename or filename))
 
     def remove(self, filename: str) -> None:
@@ -377,15 +396,64 @@ class AtomicCheckpointSaver(CheckpointSaver):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.describe: Callable[[], dict[str, Any]] | None = None  # set by attach_model_metadata
         for checkpoint, filename in (
             (self._final_checkpoint, self._final_filename),
             (self._key_metric_checkpoint, kwargs.get("key_metric_filename")),
             (self._interval_checkpoint, None),
         ):
             if checkpoint is not None:
-                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, filename)
+                checkpoint.save_handler = _AtomicDiskSaver(self.save_dir, filename, owner=self)
 
     def _delete_previous_final_ckpt(self) -> None:
         """The final file is replaced atomically instead of deleted first."""
         if self._final_checkpoint is not None:
             self._final_checkpoint._saved.clear()
+
+
+def _savers(engine: Engine | None) -> list[AtomicCheckpointSaver]:
+    """The :class:`AtomicCheckpointSaver` handlers attached to ``engine``."""
+    found: list[AtomicCheckpointSaver] = []
+    for handlers in getattr(engine, "_event_handlers", {}).values():
+        for handler, *_ in handlers:
+            owner = getattr(handler, "__self__", None)
+            if isinstance(owner, AtomicCheckpointSaver) and owner not in found:
+                found.append(owner)
+    return found
+
+
+def attach_model_metadata(
+    trainer: Engine,
+    evaluator: Engine | None,
+    checkpointer: TrainingCheckpointer | None,
+    sections: Mapping[str, Any],
+    experiment: str | None = None,
+) -> dict[str, Any]:
+    """Make every file the run writes describe the model (module docstring).
+
+    Args:
+        trainer: the training engine (its ``model.pt`` saver).
+        evaluator: the validation engine (its ``model_best.pt`` saver), or ``None``.
+        checkpointer: the run's :class:`TrainingCheckpointer`, whose ``run_id`` the files record (read at each save,
+            so a resumed run keeps its id), or ``None``.
+        sections: the resolved config (at least ``model``, ``data`` and ``inference``).
+        experiment: the experiment's name, or ``None``.
+
+    Returns:
+        The description (without the run id, which is filled in at each save).
+
+    Example (a bundle's ``initialize``)::
+
+        - "$pivot_monai.handlers.resume.attach_model_metadata(@train#trainer, @validate#evaluator,
+           @train#checkpointer, {'model': @model, 'data': @data, 'inference': @inference})"
+    """
+    base = describe_model(sections, experiment=experiment)
+
+    def describe() -> dict[str, Any]:
+        return {**base, "run_id": None if checkpointer is None else checkpointer.run_id}
+
+    for saver in _savers(trainer) + _savers(evaluator):
+        saver.describe = describe
+    if checkpointer is not None:
+        checkpointer.describe = describe
+    return base

@@ -8,15 +8,27 @@ exactly like :class:`~pivot_monai.networks.PivotDetector` in eval mode.
 * ONNX (``.onnx``, opset 17): input ``image`` (B, 1, X, Y, Z) and outputs ``heatmap``, ``diameter``, ``malignancy``
   in that order, with dynamic batch and spatial axes. Verified with onnxruntime.
 
-The MONAI bundle route gives the same TorchScript file with the bundle's metadata and config embedded::
+* checkpoint (``.pt``): a self-describing ``model.pt`` (the explicit step that publishes a run's model, e.g.
+  ``pivot train --export-to bundle/models/model.pt``).
+
+Every export carries the model's description (:mod:`pivot_monai.networks.metadata`): the source checkpoint's own,
+or one built from the ``model_cfg``/``sections`` given for a bare ``state_dict``, so ``pivot infer --model
+model.ts`` needs no config. The false-positive-reduction classifier (``fpr.pt`` beside the source checkpoint, one
+embedded in it, or ``classifier=``) travels inside the file: ``"fpr"`` in a checkpoint, the extra file ``fpr.pt``
+in TorchScript, the ``pivot.fpr`` metadata entry in ONNX.
+
+The MONAI bundle route gives a TorchScript file with the bundle's metadata and config embedded, its maps stacked as
+channels (:class:`~pivot_monai.networks.stacked.StackedOutputs`), which ``pivot infer --model`` reads as well::
 
     python -m monai.bundle ckpt_export network_def --filepath bundle/models/model.ts \\
-        --ckpt_file bundle/models/model.pt --meta_file bundle/configs/metadata.json \\
+        --ckpt_file bundle/models/model.pt --checkpoint bundle/models/model.pt \\
+        --meta_file bundle/configs/metadata.json \\
         --config_file "['bundle/configs/train.yaml','bundle/configs/inference.yaml']"
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import warnings
@@ -30,13 +42,33 @@ import torch.nn as nn
 from monai.utils import optional_import
 
 from pivot_monai.networks import OUTPUT_KEYS
-from pivot_monai.networks.checkpoint import load_model
+from pivot_monai.networks.checkpoint import load_model, save_model
+from pivot_monai.networks.metadata import (
+    ATTRIBUTE,
+    METADATA_KEY,
+    ONNX_CLASSIFIER_KEY,
+    TORCHSCRIPT_CLASSIFIER_FILE,
+    TORCHSCRIPT_FILE,
+    classifier_bytes,
+    describe_model,
+    read_classifier_state,
+    read_metadata,
+)
 
-__all__ = ["EXPORT_FORMATS", "ExportError", "export_model", "export_onnx", "export_torchscript"]
+__all__ = [
+    "EXPORT_FORMATS",
+    "ExportError",
+    "export_checkpoint",
+    "export_model",
+    "export_onnx",
+    "export_torchscript",
+    "model_description",
+]
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("torchscript", "onnx")
+EXPORT_FORMATS = ("torchscript", "onnx", "checkpoint")
+_CLASSIFIER_NAME = "fpr.pt"  # inference.fpr.CLASSIFIER_NAME, without importing the FP-reduction stage
 _TOLERANCE = 1e-4
 _HINT = "pip install onnx onnxruntime (or pip install 'pivot-monai[export]')"
 
@@ -62,6 +94,55 @@ def _eager(checkpoint: str | Path | nn.Module, model_cfg: Mapping[str, Any] | No
     if not isinstance(net, nn.Module) or isinstance(net, torch.jit.ScriptModule):
         raise ValueError(f"{checkpoint}: export needs a training checkpoint (.pt) or an eager nn.Module")
     return net.eval()
+
+
+def _classifier(checkpoint: Any, classifier: str | Path | bool | None) -> dict[str, Any] | None:
+    """The classifier checkpoint to embed: ``classifier`` (a ``fpr.pt``), else one inside ``checkpoint``, else the
+    ``fpr.pt`` beside it; ``False``: none."""
+    if classifier is False:
+        return None
+    if classifier not in (None, True):
+        path = Path(classifier)  # type: ignore[arg-type]
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: classifier checkpoint not found (write one with `pivot train-fpr`)")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, Mapping) or not {"model", "network", "patches"} <= set(state):
+            raise ValueError(f"{path}: not a candidate-classifier checkpoint (expected keys model, network, patches)")
+        return dict(state)
+    if not isinstance(checkpoint, (str, Path)):
+        return None
+    inside = read_classifier_state(checkpoint)
+    if inside is not None:
+        return inside
+    sibling = Path(checkpoint).with_name(_CLASSIFIER_NAME)
+    return _classifier(checkpoint, sibling) if sibling.is_file() else None
+
+
+def model_description(
+    checkpoint: Any,
+    model_cfg: Mapping[str, Any] | None,
+    patch_size: Sequence[int] | None = None,
+    sections: Mapping[str, Any] | None = None,
+    classifier: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The description an export writes: the checkpoint's own, else one of ``sections`` (or ``model_cfg`` and
+    ``patch_size``); ``fpr`` describes ``classifier`` when one is embedded."""
+    meta = read_metadata(checkpoint) if isinstance(checkpoint, (str, Path)) else None
+    if meta is None:
+        given = dict(sections or {})
+        given.setdefault("model", dict(model_cfg or {}))
+        data = dict(given.get("data") or {})
+        if patch_size is not None:
+            data.setdefault("patch_size", [int(v) for v in patch_size])
+        given["data"] = data
+        meta = describe_model(given)
+    if classifier is not None:
+        meta["fpr"] = {
+            "network": dict(classifier["network"]), "fov_mm": list(classifier["patches"]["fov_mm"]),
+            "grid": int(classifier["patches"]["grid"]), "fusion_weight": classifier.get("fusion_weight"),
+            "detector": classifier.get("detector"),
+        }  # fmt: skip
+    return meta
 
 
 def _example(patch_size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -93,6 +174,8 @@ def export_torchscript(
     *,
     method: str = "script",
     atol: float = _TOLERANCE,
+    sections: Mapping[str, Any] | None = None,
+    classifier: str | Path | bool | None = None,
 ) -> Path:
     """Export the eval-mode network to TorchScript and check it reproduces eager within ``atol``.
 
@@ -103,6 +186,8 @@ def export_torchscript(
         patch_size: (X, Y, Z) input used for tracing and verification (``data.patch_size``). Default 64^3.
         method: ``script`` (default; falls back to ``trace`` when scripting fails) or ``trace``.
         atol: largest allowed absolute difference to eager. Default 1e-4.
+        sections: the config a bare ``state_dict`` was trained with, for its description. Default None.
+        classifier: the ``fpr.pt`` to embed; ``None``: the one in or beside ``checkpoint``; ``False``: none.
 
     Returns:
         ``out_path``.
@@ -113,6 +198,9 @@ def export_torchscript(
     if method not in ("script", "trace"):
         raise ValueError(f"method must be 'script' or 'trace', got {method!r}")
     net, x = _eager(checkpoint, model_cfg), _example(patch_size)
+    fpr = _classifier(checkpoint, classifier)
+    meta = model_description(checkpoint, model_cfg, patch_size, sections, fpr)
+    setattr(net, ATTRIBUTE, json.dumps(meta))  # a string attribute the scripted module keeps
     ts = None
     if method == "script":
         try:
@@ -125,11 +213,9 @@ def export_torchscript(
             ts = torch.jit.trace(net, x, strict=False)
     path = Path(out_path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    extra = {
-        "pivot.json": json.dumps(
-            {"model": dict(model_cfg or {}), "patch_size": list(patch_size), "outputs": list(OUTPUT_KEYS)}
-        )
-    }
+    extra: dict[str, Any] = {TORCHSCRIPT_FILE: json.dumps(meta)}
+    if fpr is not None:
+        extra[TORCHSCRIPT_CLASSIFIER_FILE] = classifier_bytes(fpr)
     torch.jit.save(ts, str(path), _extra_files=extra)
     with torch.no_grad():
         diff = _compare(net(x), torch.jit.load(str(path))(x), atol, str(path))
@@ -145,6 +231,8 @@ def export_onnx(
     opset: int = 17,
     *,
     atol: float = _TOLERANCE,
+    sections: Mapping[str, Any] | None = None,
+    classifier: str | Path | bool | None = None,
 ) -> Path:
     """Export the eval-mode network to ONNX (dynamic batch/spatial axes) and verify it with onnxruntime.
 
@@ -157,6 +245,8 @@ def export_onnx(
         patch_size: (X, Y, Z) example input (``data.patch_size``). Default 64^3.
         opset: ONNX opset. Default 17.
         atol: largest allowed absolute difference to eager. Default 1e-4.
+        sections: the config a bare ``state_dict`` was trained with, for its description. Default None.
+        classifier: the ``fpr.pt`` to embed; ``None``: the one in or beside ``checkpoint``; ``False``: none.
 
     Returns:
         ``out_path``.
@@ -186,6 +276,8 @@ def export_onnx(
             dynamic_axes=dynamic,
             dynamo=False,
         )
+    fpr = _classifier(checkpoint, classifier)
+    _add_onnx_metadata(path, model_description(checkpoint, model_cfg, patch_size, sections, fpr), fpr)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     diff = 0.0
     for example in (x, _example((2 * x.shape[2], *x.shape[3:]), batch=2, seed=1)):
@@ -193,6 +285,52 @@ def export_onnx(
         with torch.no_grad():
             diff = max(diff, _compare(net(example), outputs, atol, f"{path} at input {list(example.shape)}"))
     logger.info("ONNX model (opset %d) written to %s (max |diff| to eager %.2g)", opset, path, diff)
+    return path
+
+
+def _add_onnx_metadata(path: Path, meta: Mapping[str, Any], fpr: Mapping[str, Any] | None) -> None:
+    """Store the description (and the classifier) in the ONNX file's ``metadata_props``."""
+    onnx, has_onnx = optional_import("onnx")
+    if not has_onnx:
+        raise ImportError(f"writing the model's description into {path} needs onnx: {_HINT}")
+    model = onnx.load(str(path))
+    props = {METADATA_KEY: json.dumps(meta)}
+    if fpr is not None:
+        props[ONNX_CLASSIFIER_KEY] = base64.b64encode(classifier_bytes(fpr)).decode("ascii")
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def export_checkpoint(
+    checkpoint: str | Path | nn.Module,
+    model_cfg: Mapping[str, Any] | None,
+    out_path: str | Path,
+    patch_size: Sequence[int] | None = None,
+    *,
+    sections: Mapping[str, Any] | None = None,
+    classifier: str | Path | bool | None = None,
+) -> Path:
+    """Write a self-describing ``model.pt`` of ``checkpoint`` (``{"model", "pivot"[, "fpr"]}``), atomically.
+
+    The weights are checked by loading them into the network they describe. ``out_path`` may be ``checkpoint``
+    itself (e.g. to embed the ``fpr.pt`` trained after it).
+
+    Args:
+        checkpoint: a training checkpoint (self-describing or a bare ``state_dict``) or an ``nn.Module``.
+        model_cfg: the ``model`` section of a bare ``state_dict``; ``None`` for a self-describing checkpoint.
+        out_path: the ``.pt`` file to write.
+        patch_size: ``data.patch_size`` of a bare ``state_dict``, for its description. Default None.
+        sections: the config a bare ``state_dict`` was trained with, for its description. Default None.
+        classifier: the ``fpr.pt`` to embed; ``None``: the one in or beside ``checkpoint``; ``False``: none.
+
+    Returns:
+        ``out_path``.
+    """
+    net = _eager(checkpoint, model_cfg)
+    fpr = _classifier(checkpoint, classifier)
+    meta = model_description(checkpoint, model_cfg, patch_size, sections, fpr)
+    path = save_model(out_path, net.state_dict(), meta, fpr)
+    logger.info("model written to %s%s", path, " with its false-positive-reduction classifier" if fpr else "")
     return path
 
 
@@ -204,7 +342,11 @@ def export_model(
     patch_size: Sequence[int] = (64, 64, 64),
     **kwargs: Any,
 ) -> Path:
-    """:func:`export_torchscript` or :func:`export_onnx` by ``fmt`` (one of :data:`EXPORT_FORMATS`)."""
+    """:func:`export_torchscript`, :func:`export_onnx` or :func:`export_checkpoint` by ``fmt`` (one of
+    :data:`EXPORT_FORMATS`)."""
+    if fmt == "checkpoint":
+        kwargs.pop("opset", None)
+        return export_checkpoint(checkpoint, model_cfg, out_path, patch_size, **kwargs)
     if fmt == "torchscript":
         return export_torchscript(checkpoint, model_cfg, out_path, patch_size, **kwargs)
     if fmt == "onnx":

@@ -20,6 +20,7 @@ import torch.nn as nn
 from monai.inferers import Inferer
 
 from pivot_monai.inference.inferers import FittedWindowInferer, TTAInferer
+from pivot_monai.inference.model_settings import check_settings
 from pivot_monai.inference.settings import InferenceSettings
 from pivot_monai.inference.tta import TTASettings
 from pivot_monai.networks import OUTPUT_KEYS
@@ -38,15 +39,21 @@ def _as_dict(out: Any, where: str = "network output") -> dict[str, torch.Tensor]
         return {k: out[k] for k in OUTPUT_KEYS}
     if isinstance(out, (tuple, list)) and len(out) >= len(OUTPUT_KEYS):
         return dict(zip(OUTPUT_KEYS, out))
-    raise ValueError(f"{where} must be a dict (or tuple) of {list(OUTPUT_KEYS)}, got {type(out).__name__}")
+    if isinstance(out, torch.Tensor) and out.dim() == 5 and out.shape[1] == len(OUTPUT_KEYS):
+        # the maps stacked as channels (networks.stacked.StackedOutputs: the bundle's network_def, ckpt_export)
+        return {k: out[:, i : i + 1] for i, k in enumerate(OUTPUT_KEYS)}
+    raise ValueError(
+        f"{where} must be a dict (or tuple) of {list(OUTPUT_KEYS)} or a (B, {len(OUTPUT_KEYS)}, X, Y, Z) tensor of "
+        f"them stacked, got {type(out).__name__}{list(out.shape) if isinstance(out, torch.Tensor) else ''}"
+    )
 
 
 class Predictor:
     """Dense maps for a whole volume: sliding window (and TTA) over any loaded detector.
 
     Args:
-        network: callable returning the dict (or tuple) of maps for a (B, 1, *roi_size) tensor (see
-            :func:`~pivot_monai.networks.checkpoint.load_model`).
+        network: callable returning the dict (or tuple, or (B, 3, ...) channel stack) of maps for a (B, 1, *roi_size)
+            tensor (see :func:`~pivot_monai.networks.checkpoint.load_model`).
         roi_size: sliding-window patch size ``(X, Y, Z)`` voxels (``data.patch_size``).
         overlap: window overlap in [0, 1). Default 0.25.
         sw_batch_size: windows per forward pass. Default 2.
@@ -129,7 +136,12 @@ class Predictor:
         ``settings.patch_size`` is the smallest window and ``settings.roi_size`` the largest (``None``: always the
         patch); fitted windows are multiples of ``2 ** model.depth``. A checkpoint-built network is prepared for this
         host (:meth:`~pivot_monai.host.HostTuning.prepare_network`).
+
+        Raises:
+            ModelConfigError: ``settings`` contradict what a self-describing ``model`` was trained with (build them
+                with :func:`~pivot_monai.inference.model_settings.settings_for_model`).
         """
+        check_settings(model, settings)
         network = load_model(model, settings.model, settings.device)
         if isinstance(model, (str, Path)):
             network = settings.host.prepare_network(network)

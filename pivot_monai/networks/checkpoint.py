@@ -2,18 +2,22 @@
 
 :func:`load_model` picks the loader by suffix:
 
-* a training checkpoint ``model.pt`` (the network ``state_dict``, or ``{"model": state_dict}``) plus the ``model``
-  config section it was trained with (or an already built network to load it into);
+* a training checkpoint ``model.pt``: ``{"model": state_dict, "pivot": description}`` as training writes it
+  (:mod:`pivot_monai.networks.metadata`), whose ``model`` section builds the network; or a bare ``state_dict`` (or
+  ``{"model": state_dict}``) of an earlier run, with the ``model`` config section it was trained with (or an already
+  built network to load it into);
 * a TorchScript file ``model.ts`` (``torch.jit.load``; no PIVOT training code needed);
 * an ONNX file ``model.onnx`` run by onnxruntime (:class:`OnnxModel`: outputs mapped back to ``heatmap``,
   ``diameter``, ``malignancy``).
 
-Nothing here imports the inference stage; the predictor (:mod:`pivot_monai.inference.predictor`) and transfer
-learning (:mod:`pivot_monai.networks.transfer`) both load weights through this module.
+:func:`save_model` writes a self-describing ``model.pt``. Nothing here imports the inference stage; the predictor
+(:mod:`pivot_monai.inference.predictor`) and transfer learning (:mod:`pivot_monai.networks.transfer`) both load
+weights through this module.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,17 +28,22 @@ import torch
 import torch.nn as nn
 from monai.utils import optional_import
 
+from pivot_monai.files import atomic_save
 from pivot_monai.networks.detector import OUTPUT_KEYS
 from pivot_monai.networks.factory import build_network
+from pivot_monai.networks.metadata import ATTRIBUTE, CLASSIFIER_KEY, METADATA_KEY, jsonable, read_metadata
 
 __all__ = [
     "ONNX_SUFFIXES",
     "TORCHSCRIPT_SUFFIXES",
     "OnnxModel",
+    "build_for_checkpoint",
     "load_checkpoint",
     "load_model",
     "load_state_dict",
+    "model_contradictions",
     "resolve_device",
+    "save_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -98,6 +107,48 @@ def load_state_dict(checkpoint: str | Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
+def save_model(
+    path: str | Path,
+    state_dict: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, Any] | None = None,
+    classifier: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write a ``model.pt`` atomically: ``{"model": state_dict, "pivot": metadata[, "fpr": classifier]}``.
+
+    Args:
+        path: the file to write (parent folders created).
+        state_dict: the network's weights (moved to the CPU).
+        metadata: the model's description (:func:`~pivot_monai.networks.metadata.describe_model`); ``None`` writes
+            the bare ``state_dict`` (no description).
+        classifier: the false-positive-reduction classifier checkpoint (``fpr.pt``'s mapping) to embed, or ``None``.
+
+    Returns:
+        ``path``.
+    """
+    weights = {k: v.detach().cpu() for k, v in state_dict.items()}
+    if metadata is None and classifier is None:
+        obj: Any = weights
+    else:
+        obj = {"model": weights, METADATA_KEY: jsonable(dict(metadata or {}))}
+        if classifier is not None:
+            obj[CLASSIFIER_KEY] = dict(classifier)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_save(obj, p)
+
+
+def model_contradictions(
+    config: Mapping[str, Any] | None, recorded: Mapping[str, Any], section: str = "model"
+) -> list[str]:
+    """The keys of a config section that contradict what a model recorded, as ``"model.depth: 4 (config) vs 3
+    (model)"``; keys only one of them has are not compared."""
+    out = []
+    for key, value in dict(config or {}).items():
+        if key in recorded and jsonable(value) != jsonable(recorded[key]):
+            out.append(f"{section}.{key}: {jsonable(value)!r} (config) vs {jsonable(recorded[key])!r} (model)")
+    return out
+
+
 def load_checkpoint(network: nn.Module, checkpoint: str | Path) -> nn.Module:
     """Load ``checkpoint`` into ``network`` (strictly) and return it in eval mode.
 
@@ -144,8 +195,11 @@ class OnnxModel:
             raise ValueError(f"{self.path}: onnxruntime cannot load it ({err})") from err
         self.input_name = self.session.get_inputs()[0].name
         names = [o.name for o in self.session.get_outputs()]
+        self.stacked = False
         if set(OUTPUT_KEYS) <= set(names):
             self.output_names = list(OUTPUT_KEYS)
+        elif len(names) == 1:  # monai.bundle onnx_export of the bundle's network_def: the maps stacked as channels
+            self.output_names, self.stacked = names, True
         elif len(names) >= len(OUTPUT_KEYS):
             logger.info("%s: outputs %s read in order as %s", self.path, names, list(OUTPUT_KEYS))
             self.output_names = names[: len(OUTPUT_KEYS)]
@@ -155,6 +209,8 @@ class OnnxModel:
     def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """(B, 1, X, Y, Z) image -> dict of (B, 1, X/s, Y/s, Z/s) maps on ``x``'s device."""
         outputs = self.session.run(self.output_names, {self.input_name: x.detach().cpu().float().numpy()})
+        if self.stacked:
+            outputs = [outputs[0][:, i : i + 1] for i in range(len(OUTPUT_KEYS))]
         return {k: torch.from_numpy(np.asarray(v)).to(x.device) for k, v in zip(OUTPUT_KEYS, outputs)}
 
 
@@ -169,7 +225,9 @@ def load_model(
 
     Args:
         model: ``.pt``/``.pth`` checkpoint, ``.ts`` TorchScript, ``.onnx`` file, or an ``nn.Module``/callable.
-        model_cfg: ``model`` config section used to build the network for a checkpoint. Default: the defaults.
+        model_cfg: ``model`` config section used to build the network for a bare ``state_dict`` checkpoint
+            (default: the defaults); a self-describing checkpoint builds its own, and a ``model_cfg`` contradicting
+            it is an error naming the keys.
         device: where to run it. Default CPU.
         network: an already built network to load a checkpoint into (instead of building one from ``model_cfg``).
         channels_last: put a checkpoint-built or TorchScript network in ``channels_last_3d`` memory format
@@ -180,7 +238,8 @@ def load_model(
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file cannot be loaded, or a checkpoint does not fit the model config.
+        ValueError: the file cannot be loaded, a checkpoint does not fit the model config, or the model config
+            contradicts a self-describing checkpoint.
     """
     dev = resolve_device(device)
     if isinstance(model, nn.Module):
@@ -200,6 +259,31 @@ def load_model(
             return scripted.to(memory_format=torch.channels_last_3d) if channels_last else scripted
         except RuntimeError as err:
             raise ValueError(f"{path}: not a TorchScript archive ({str(err).splitlines()[0][:200]})") from err
-    net = network if network is not None else build_network(model_cfg)
-    net = load_checkpoint(net, path).to(dev)
+    net = load_checkpoint(network if network is not None else build_for_checkpoint(path, model_cfg), path).to(dev)
     return net.to(memory_format=torch.channels_last_3d) if channels_last else net
+
+
+def build_for_checkpoint(checkpoint: str | Path, model_cfg: Mapping[str, Any] | None = None) -> nn.Module:
+    """The (untrained) network a checkpoint's weights belong to.
+
+    A self-describing checkpoint builds the network from its own ``model`` section, and the network keeps the
+    description as its ``pivot_metadata`` string attribute (which TorchScript export carries along); a bare
+    ``state_dict`` is built from ``model_cfg`` (default: the defaults).
+
+    Raises:
+        ValueError: ``model_cfg`` contradicts the checkpoint's ``model`` section (the message names the keys).
+    """
+    meta = read_metadata(checkpoint)
+    recorded = (meta or {}).get("config", {}).get("model")
+    if recorded is None:
+        return build_network(model_cfg)
+    clashes = model_contradictions(model_cfg, recorded)
+    if clashes:
+        raise ValueError(
+            f"{checkpoint}: the model config contradicts the model the checkpoint was trained as: "
+            f"{'; '.join(clashes)}. Drop these keys from --config (the checkpoint knows its model), or use the "
+            f"config it was trained with"
+        )
+    net = build_network(recorded)
+    setattr(net, ATTRIBUTE, json.dumps(meta))
+    return net
