@@ -26,10 +26,15 @@ __all__ = ["run_training_workflow", "train"]
 def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: Mapping[str, Any] | None = None) -> Any:
     """Run the bundle's ``training`` workflow on an in-memory config (initialize -> training -> finalize).
 
+    Errors raised inside config expressions come out as themselves, not under MONAI's "Failed to evaluate
+    ConfigExpression" (:func:`pivot_monai.config.bundle.bundle_errors`), so ``pivot`` reports them in one line.
+
     Raises:
-        ValueError: the config lacks a property the bundle's train workflow requires.
+        ValueError: the config lacks a property the bundle's train workflow requires; or what an expression raised.
     """
     from monai.bundle import ConfigWorkflow
+
+    from pivot_monai.config.bundle import bundle_errors
 
     config_dir.mkdir(parents=True, exist_ok=True)
     resolved = config_dir / "config_resolved.yaml"
@@ -42,12 +47,13 @@ def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: M
         run_id="training",
         **dict(overrides or {}),
     )
-    workflow.initialize()
-    missing = workflow.check_properties()
-    if missing:
-        raise ValueError(f"bundle config lacks required properties {missing}")
-    workflow.run()
-    workflow.finalize()
+    with bundle_errors():
+        workflow.initialize()
+        missing = workflow.check_properties()
+        if missing:
+            raise ValueError(f"bundle config lacks required properties {missing}")
+        workflow.run()
+        workflow.finalize()
     return workflow
 
 

@@ -73,7 +73,10 @@ def add_preprocess_arguments(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     add_config_argument(p, "its data section sets spacing/window/crop")
     p.add_argument(
-        "--annotations", type=Path, default=None, help="annotations.csv; None means the one found in the input dir"
+        "--annotations",
+        type=Path,
+        default=None,
+        help="annotations.csv (default: the config's data.annotations, else the one found in the input dir)",
     )
     p.add_argument("--workers", type=int, default=1, help="parallel worker processes")
     p.add_argument("--overwrite", action="store_true", help="redo scans that are already preprocessed")
@@ -85,9 +88,11 @@ def run_preprocess(args: argparse.Namespace) -> int:
     from pivot_monai.data.preprocess import PreprocessConfig
     from pivot_monai.data.raw_dataset import preprocess_dataset
 
-    cfg = PreprocessConfig.from_data_section(load_section("data", args.config))
+    data = load_section("data", args.config)
+    cfg = PreprocessConfig.from_data_section(data)
+    annotations = args.annotations or data.get("annotations")  # --annotations, else the config's data.annotations
     report = preprocess_dataset(
-        args.input, args.output, cfg, workers=args.workers, overwrite=args.overwrite, annotations=args.annotations
+        args.input, args.output, cfg, workers=args.workers, overwrite=args.overwrite, annotations=annotations
     )
     if report["failed"]:
         logger.error("%d scan(s) failed; see %s", len(report["failed"]), args.output / "preprocess_report.json")

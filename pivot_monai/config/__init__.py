@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from pivot_monai.config.guide import guide_names, translate
+
 __all__ = [
     "BUNDLE_DIR",
     "GUIDE_SECTIONS",
@@ -31,10 +33,11 @@ __all__ = [
     "load_section",
     "load_sections",
     "load_yaml",
+    "translate",
     "validate_keys",
 ]
 
-BUNDLE_DIR = Path(__file__).resolve().parents[1] / "bundle"
+BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundle"
 GUIDE_SECTIONS = (
     "data",
     "model",
@@ -129,6 +132,8 @@ def validate_keys(user: dict[str, Any], reference: dict[str, Any], prefix: str =
         if path in _FREE_FORM:
             continue
         if isinstance(value, dict) and isinstance(reference[key], dict):
+            if "_target_" in value and value["_target_"] != reference[key].get("_target_"):
+                continue  # another MONAI component in its place: its arguments are its own
             validate_keys(value, reference[key], prefix=f"{path}.", source=source)
 
 
@@ -195,7 +200,8 @@ def load_config(
         is_base = not isinstance(config, dict) and any(Path(config).resolve() == b.resolve() for b in bases)
         if not is_base:
             where = "config" if isinstance(config, dict) else str(config)
-            user = guide_names(expand_paths(config if isinstance(config, dict) else load_yaml(config)), where)
+            user = expand_paths(config if isinstance(config, dict) else load_yaml(config))
+            user = guide_names(user, where, base=merged)
             validate_keys(user, merged, source=where)
             merged = deep_merge(merged, user)
     if experiment_name:
@@ -233,78 +239,3 @@ def load_sections(
 def load_section(name: str, config: str | Path | dict[str, Any] | None = None) -> dict[str, Any]:
     """One section of :func:`load_sections`, e.g. ``load_section("data", "bundle/configs/demo.yaml")``."""
     return load_sections(config, (name,))[name]
-
-
-def _rename(section: dict[str, Any], old: str, new: str) -> None:
-    if old in section:
-        section[new] = section.pop(old)
-
-
-def _model_names(model: dict[str, Any], where: str) -> None:
-    """The guide's ``model`` block (U-Net Configuration) in PIVOT's names, in place."""
-    if model.get("type") == "unet":
-        model["type"] = "basic_unet_multihead"  # the guide's U-Net is PIVOT's BasicUNet-derived detector
-    _rename(model, "use_batch_norm", "batch_norm")
-    if "use_dropout" in model or "dropout_rate" in model:
-        use, rate = model.pop("use_dropout", True), model.pop("dropout_rate", 0.1)
-        if not isinstance(use, bool):
-            raise ValueError(f"{where}: model.use_dropout must be true or false, got {use!r}")
-        model["dropout"] = float(rate) if use else 0.0
-    for key, why in (("in_channels", "CT scans have one channel"), ("out_channels", "the heatmap head has one")):
-        if key in model:
-            value = model.pop(key)
-            if value != 1:
-                raise ValueError(
-                    f"{where}: model.{key} must be 1 ({why}; diameter and malignancy have heads of their own), "
-                    f"got {value!r}; remove the key or set it to 1"
-                )
-
-
-def _training_names(training: dict[str, Any], where: str) -> None:
-    """The guide's ``training.optimizer`` (Optimizers) in PIVOT's names, in place."""
-    optimizer = training.get("optimizer")
-    if isinstance(optimizer, str):  # the guide's short form, `optimizer: adamw`
-        training["optimizer"] = optimizer = {"type": optimizer}
-    if not isinstance(optimizer, dict):
-        return
-    if "learning_rate" in optimizer:
-        lr = optimizer.pop("learning_rate")
-        if "learning_rate" in training and training["learning_rate"] != lr:
-            raise ValueError(
-                f"{where}: training.learning_rate ({training['learning_rate']!r}) and training.optimizer.learning_rate "
-                f"({lr!r}) disagree; give one of them"
-            )
-        training["learning_rate"] = lr
-    if isinstance(optimizer.get("eps"), str):  # YAML reads `1e-8` (no dot) as a string
-        try:
-            optimizer["eps"] = float(optimizer["eps"])
-        except ValueError as err:
-            raise ValueError(f"{where}: training.optimizer.eps must be a number, got {optimizer['eps']!r}") from err
-
-
-def guide_names(config: dict[str, Any], where: str = "config") -> dict[str, Any]:
-    """A user config with the training guide's names (``../shared/guide/TRAINING.md``) mapped onto PIVOT's.
-
-    The guide is a documented input schema; this is the one place it is read. Mapped so far:
-
-    * ``model.type: unet`` -> ``basic_unet_multihead``; ``model.use_batch_norm`` -> ``model.batch_norm``;
-      ``model.use_dropout`` + ``model.dropout_rate`` -> ``model.dropout`` (the rate, or 0 when not used);
-      ``model.in_channels: 1`` and ``model.out_channels: 1`` (the defaults; other values are an error saying why);
-    * ``training.optimizer: adamw`` (a name) -> ``{type: adamw}``; ``training.optimizer.learning_rate`` ->
-      ``training.learning_rate``; an ``eps`` YAML read as a string (``1e-8``) -> a number;
-    * ``validation.save_best_metric: froc_score`` -> ``val_froc`` (the validation FROC/CPM);
-    * ``checkpointing.save_dir`` -> ``checkpointing.dir``.
-
-    Raises:
-        ValueError: a guide key PIVOT cannot honour, with the reason and what to use instead.
-    """
-    out = copy.deepcopy(config)
-    if isinstance(out.get("model"), dict):
-        _model_names(out["model"], where)
-    if isinstance(out.get("training"), dict):
-        _training_names(out["training"], where)
-    if isinstance(out.get("validation"), dict) and out["validation"].get("save_best_metric") == "froc_score":
-        out["validation"]["save_best_metric"] = "val_froc"
-    if isinstance(out.get("checkpointing"), dict):
-        _rename(out["checkpointing"], "save_dir", "dir")
-    return out

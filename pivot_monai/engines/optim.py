@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from monai.optimizers import WarmupCosineSchedule
 
-__all__ = ["OPTIMIZERS", "SCHEDULERS", "build_lr_scheduler", "build_optimizer"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "HeldWarmupCosineSchedule",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "plateau_metric",
+]
 
 OPTIMIZERS = ("adamw", "adam", "sgd")
 SCHEDULERS = ("cosine", "step", "plateau", "none")
@@ -41,29 +48,47 @@ def build_optimizer(params: Iterable[Any], lr: float, cfg: Mapping[str, Any]) ->
     raise ValueError(f"training.optimizer.type must be one of {list(OPTIMIZERS)}, got {kind!r}")
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int) -> Any:
-    """Epoch-level LR schedule.
+class HeldWarmupCosineSchedule(WarmupCosineSchedule):
+    """MONAI's ``WarmupCosineSchedule`` that stays at its last value after ``t_total`` epochs.
 
-    * ``cosine``: linear warm-up for ``warmup_epochs``, then cosine decay to ``min_lr`` (MONAI WarmupCosineSchedule);
+    MONAI's cosine rises again past ``t_total`` (``cos`` of a progress above 1); a run longer than the guide's
+    ``T_max`` keeps ``min_lr`` instead.
+    """
+
+    def lr_lambda(self, step: int) -> float:
+        return super().lr_lambda(min(step, self.t_total))
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], epochs: int) -> Any:
+    """Epoch-level LR schedule from ``training.scheduler``.
+
+    * ``cosine``: linear warm-up for ``warmup_epochs``, then cosine decay to ``min_lr`` over ``t_max`` epochs
+      (the guide's ``T_max``; ``None``: ``epochs``), ``min_lr`` after (:class:`HeldWarmupCosineSchedule`);
     * ``step``: multiply by ``gamma`` every ``step_size`` epochs;
-    * ``plateau``: multiply by ``factor`` when the validation metric (``training.early_stopping.monitor`` /
-      ``validation.save_best_metric``) has not improved for ``patience`` validations;
+    * ``plateau``: multiply by ``factor`` when the validation metric ``monitor`` (default
+      ``training.early_stopping.monitor``, see :func:`plateau_metric`) has not improved in direction ``mode``
+      (``max``/``min``) for ``patience`` validations, down to ``min_lr``;
     * ``none``: constant LR (returns ``None``).
 
     Raises:
-        ValueError: unknown ``training.scheduler.type``.
+        ValueError: unknown ``training.scheduler.type`` or ``mode``, or ``t_max`` not a positive integer.
     """
     kind = str(cfg.get("type", "cosine")).lower()
     if kind == "cosine":
         base_lr = optimizer.param_groups[0]["lr"]
+        t_max = cfg.get("t_max")
+        if t_max is None:
+            t_max = epochs
+        elif isinstance(t_max, bool) or not isinstance(t_max, int) or t_max < 1:
+            raise ValueError(f"training.scheduler.t_max must be a whole number of epochs >= 1 (or null), got {t_max!r}")
         warmup = int(cfg.get("warmup_epochs", 0))
-        if warmup >= epochs and epochs > 0:
-            warmup = max(epochs - 1, 0)
+        if warmup >= t_max and t_max > 0:
+            warmup = max(t_max - 1, 0)
         return (
-            WarmupCosineSchedule(
+            HeldWarmupCosineSchedule(
                 optimizer,
                 warmup_steps=warmup,
-                t_total=max(epochs, 1),
+                t_total=max(t_max, 1),
                 end_lr=float(cfg.get("min_lr", 0.0)),
                 warmup_multiplier=0.1,
             )
@@ -75,9 +100,12 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
             optimizer, step_size=int(cfg.get("step_size", 30)), gamma=float(cfg.get("gamma", 0.1))
         )
     if kind == "plateau":
+        mode = str(cfg.get("mode", "max"))
+        if mode not in ("max", "min"):
+            raise ValueError(f"training.scheduler.mode must be 'max' or 'min', got {mode!r}")
         return torch.optim.lr_scheduler.ReduceLROnPlateau(
             optimizer,
-            mode=str(cfg.get("mode", "max")),
+            mode=mode,
             factor=float(cfg.get("factor", 0.5)),
             patience=int(cfg.get("patience", 10)),
             min_lr=float(cfg.get("min_lr", 0.0)),
@@ -85,3 +113,30 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
     if kind == "none":
         return None
     raise ValueError(f"training.scheduler.type must be one of {list(SCHEDULERS)}, got {kind!r}")
+
+
+def plateau_metric(
+    scheduler: Mapping[str, Any], early_stopping: Mapping[str, Any] | None = None
+) -> Callable[[Any], float]:
+    """The ``step_transform`` of the plateau schedule: the evaluator's metric ``training.scheduler.monitor``.
+
+    Args:
+        scheduler: ``training.scheduler``; its ``monitor`` names an engine metric (``val_froc``, ``val_loss``...).
+        early_stopping: ``training.early_stopping``, whose ``monitor`` is used when the scheduler names none.
+
+    Returns:
+        ``engine -> float``, raising a ``KeyError`` that names the key and the metrics there are when the metric is
+        not computed.
+    """
+    name = scheduler.get("monitor") or (early_stopping or {}).get("monitor") or "val_froc"
+    key = "training.scheduler.monitor" if scheduler.get("monitor") else "training.early_stopping.monitor"
+
+    def metric(engine: Any) -> float:
+        if name not in engine.state.metrics:
+            raise KeyError(
+                f"{key}={name!r} (the plateau schedule's metric) is not a validation metric; available: "
+                f"{sorted(engine.state.metrics)}"
+            )
+        return float(engine.state.metrics[name])
+
+    return metric

@@ -7,7 +7,7 @@ literal values of the merged (unparsed) config first and raises one ``ValueError
 what was expected, what arrived and how to fix it. Values that are ``$``/``@`` expressions are left to MONAI.
 
 :func:`reject_expressions` is for configs that come from a client (the API): there a ``$`` value is code and is
-refused outright.
+refused outright. :func:`check_annotations` checks the processed scans against ``data.annotations``.
 
 Nothing here imports MONAI or torch.
 """
@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ConfigValueError", "reject_expressions", "validate_training_config"]
+__all__ = ["ConfigValueError", "check_annotations", "reject_expressions", "validate_training_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,6 +111,39 @@ def _patch(config: Mapping[str, Any], key: str, divisor: int | None, depth: int 
     return list(value)
 
 
+def _kind(config: Mapping[str, Any], key: str, types: tuple[type, ...], expected: str, fix: str) -> Any:
+    """A literal of one of ``types`` (or ``None``); bools are not numbers here."""
+    value = _literal(config, key)
+    if value is _MISSING or value is None:
+        return None
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+        raise _fail(key, expected, value, fix)
+    return value
+
+
+def _guide_keys(config: Mapping[str, Any]) -> None:
+    """The keys PIVOT took from the guide under its own names: scheduler t_max/mode/monitor, wandb, annotations."""
+    t_max = _integer(config, "training.scheduler.t_max", 1, "e.g. training.scheduler.t_max: 100 (null: epochs)")
+    warmup = _literal(config, "training.scheduler.warmup_epochs")
+    if t_max is not None and isinstance(warmup, int) and warmup >= t_max:
+        raise ConfigValueError(
+            "training.scheduler.t_max",
+            f"training.scheduler.t_max ({t_max}) must be larger than training.scheduler.warmup_epochs ({warmup}): the "
+            "cosine decays over the epochs after the warm-up; raise t_max or lower warmup_epochs",
+        )
+    _choice(config, "training.scheduler.mode", ("max", "min"))
+    _kind(config, "training.scheduler.monitor", (str,), "a validation metric name", "e.g. monitor: val_froc")
+    _kind(config, "augmentation.noise.sample_std", (bool,), "true or false", "e.g. sample_std: false")
+    _kind(config, "logging.wandb.entity", (str,), "a wandb team or user name", "e.g. entity: your-team")
+    tags = _literal(config, "logging.wandb.tags")
+    if tags is not _MISSING and tags is not None:
+        if isinstance(tags, str) or not isinstance(tags, Sequence) or not all(isinstance(t, str) for t in tags):
+            raise _fail("logging.wandb.tags", "a list of strings", tags, "e.g. tags: [unet, focal-loss, aug]")
+    _kind(
+        config, "data.annotations", (str,), "the path of an annotations CSV", "e.g. annotations: data/annotations.csv"
+    )
+
+
 def validate_training_config(config: Mapping[str, Any]) -> None:
     """Check the literal values of a merged training config (bundle ``train.yaml`` layout).
 
@@ -120,7 +153,9 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
     ``training.scheduler.type``, ``data.patch_size`` (3 positive integers divisible by ``2 ** model.depth``),
     ``data.samples_per_volume``, ``data.num_workers``, ``model.depth`` (1-6), ``model.base_filters``,
     ``model.dropout`` ([0, 1)), ``model.activation``, ``model.output_stride`` (1, 2, 4, below ``2 ** depth``),
-    ``validation.interval``, ``checkpointing.save_interval`` and ``keep_last_n``.
+    ``validation.interval``, ``checkpointing.save_interval`` and ``keep_last_n``; and the keys named as in the
+    training guide: ``training.scheduler.t_max`` (integer above ``warmup_epochs``), ``mode`` (max/min) and
+    ``monitor``, ``augmentation.noise.sample_std``, ``logging.wandb.entity`` and ``tags``, ``data.annotations``.
 
     Raises:
         ConfigValueError: (a ``ValueError``) the first bad value, naming its key, what was expected, what arrived and
@@ -168,6 +203,61 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
     _integer(config, "validation.interval", 1, "e.g. validation.interval: 1")
     _integer(config, "checkpointing.save_interval", 0, "e.g. checkpointing.save_interval: 5 (0: none)")
     _integer(config, "checkpointing.keep_last_n", 0, "e.g. checkpointing.keep_last_n: 3")
+    _guide_keys(config)
+
+
+def _nodule_keys(nodules: Any) -> list[tuple[float, ...]]:
+    """Sorted (x, y, z, diameter) of findings, to a micrometre: how the CSV and ``meta.json`` are compared."""
+    return sorted(tuple(round(float(v), 3) for v in (*n["world"], n["diameter_mm"])) for n in nodules)
+
+
+def check_annotations(annotations: str | None, *datalists: Sequence[Mapping[str, Any]]) -> None:
+    """Check that the processed scans of ``datalists`` hold the nodules of the annotations CSV ``data.annotations``.
+
+    Preprocessing writes each scan's nodules (and its label volume) from an annotations CSV. ``data.annotations``
+    names that CSV; a training run on scans made from another (or an older) file would learn other targets, so
+    every listed scan's ``meta.json`` nodules must be the CSV's rows for its seriesuid, except rows whose centre lies
+    outside the raw image (preprocessing skips those with a warning).
+
+    Args:
+        annotations: ``data.annotations``; ``None`` checks nothing.
+        datalists: items with a ``meta`` path (``train#datalist``, ``validate#datalist``).
+
+    Raises:
+        FileNotFoundError: the CSV does not exist (the message names ``data.annotations``).
+        ConfigValueError: a scan whose nodules differ, naming it, the counts and how to fix it.
+    """
+    if annotations is None:
+        return
+    import json
+    from pathlib import Path
+
+    import numpy as np
+
+    from pivot_monai.data.annotations import read_annotations
+    from pivot_monai.data.geometry import Geometry
+
+    path = Path(annotations)
+    if not path.is_file():
+        raise FileNotFoundError(f"data.annotations: {path} not found; give the annotations CSV or set it to null")
+    table = read_annotations(path)
+    for item in (i for items in datalists for i in items):
+        meta = json.loads(Path(item["meta"]).read_text())
+        uid, raw = meta["seriesuid"], Geometry.from_dict(meta["raw_geometry"])
+        rows = [
+            {"world": n.world, "diameter_mm": n.diameter_mm}
+            for n in table.get(uid, [])
+            if raw.contains_index(raw.world_to_index(np.asarray(n.world)))[0]
+        ]
+        if _nodule_keys(rows) != _nodule_keys(meta.get("nodules", [])):
+            raise ConfigValueError(
+                "data.annotations",
+                f"data.annotations: {path} lists {len(rows)} nodule(s) for {uid} inside its image and the processed "
+                f"scan {Path(item['meta']).parent} holds {len(meta.get('nodules', []))}, not the same ones: it was "
+                "preprocessed from another annotations file. Re-run `pivot preprocess --config <this file> "
+                "--overwrite`, or set data.annotations to the CSV the scans were made from",
+            )
+    logger.info("data.annotations: %s matches the nodules of the processed scans", path)
 
 
 def reject_expressions(config: Any, source: str = "config", _path: str = "") -> None:

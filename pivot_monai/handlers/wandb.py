@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ignite.engine import Events
@@ -14,9 +14,48 @@ from pivot_monai.handlers.telemetry import metric_tag, output_loss
 if TYPE_CHECKING:
     from ignite.engine import Engine
 
-__all__ = ["WandbHandler", "make_wandb_handler"]
+__all__ = ["WandbHandler", "make_wandb_handler", "wandb_init_kwargs"]
 
 _INSTALL_HINT = "pip install wandb (or pip install 'pivot-monai[wandb]'), or set logging.wandb.enabled: false"
+_MODES = ("offline", "online", "disabled")
+
+
+def wandb_init_kwargs(
+    project: str = "pivot",
+    mode: str = "offline",
+    entity: str | None = None,
+    tags: Sequence[str] | None = None,
+    init_kwargs: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The ``wandb.init`` arguments of ``logging.wandb`` (what :class:`WandbHandler` starts its run with).
+
+    Args:
+        project: wandb project. Default ``"pivot"``.
+        mode: ``"offline"``, ``"online"`` or ``"disabled"``. Default ``"offline"``.
+        entity: the team or user the run belongs to (the guide's ``entity``); ``None``: wandb's default.
+        tags: run tags (the guide's ``tags: [unet, focal-loss, aug]``). Default none.
+        init_kwargs: further ``wandb.init`` arguments (``dir``, ``name``...).
+        config: the run's hyperparameters to record.
+
+    Raises:
+        ValueError: unknown ``mode``, ``tags`` not a list of strings, or a key given both directly and in
+            ``init_kwargs`` with different values.
+    """
+    if mode not in _MODES:
+        raise ValueError(f"logging.wandb.mode must be offline, online or disabled, got {mode!r}")
+    if tags is not None and (isinstance(tags, str) or not all(isinstance(t, str) for t in tags)):
+        raise ValueError(f"logging.wandb.tags must be a list of strings, e.g. [unet, focal-loss], got {tags!r}")
+    kwargs: dict[str, Any] = {"project": project, "mode": mode, "config": dict(config or {})}
+    if entity is not None:
+        kwargs["entity"] = str(entity)
+    if tags:
+        kwargs["tags"] = list(tags)
+    for key, value in dict(init_kwargs or {}).items():
+        if key in kwargs and kwargs[key] != value and key != "config":
+            raise ValueError(f"logging.wandb.{key} and logging.wandb.init_kwargs.{key} disagree; give one")
+        kwargs[key] = value
+    return kwargs
 
 
 class WandbHandler:
@@ -28,9 +67,11 @@ class WandbHandler:
         project: wandb project. Default ``"pivot"``.
         mode: ``"offline"`` (default, writes ``wandb/`` locally; sync later with ``wandb sync``), ``"online"`` or
             ``"disabled"``.
-        init_kwargs: extra ``wandb.init`` arguments (``dir``, ``name``, ``tags``...).
+        init_kwargs: extra ``wandb.init`` arguments (``dir``, ``name``...).
         config: the run's hyperparameters to record.
         interval: iterations between loss logs. Default 10.
+        entity: the wandb team or user (``logging.wandb.entity``). Default ``None``: wandb's default.
+        tags: run tags (``logging.wandb.tags``). Default none.
 
     Raises:
         ImportError: wandb is not installed (with the install hint).
@@ -44,13 +85,14 @@ class WandbHandler:
         init_kwargs: Mapping[str, Any] | None = None,
         config: Mapping[str, Any] | None = None,
         interval: int = 10,
+        entity: str | None = None,
+        tags: Sequence[str] | None = None,
     ) -> None:
+        kwargs = wandb_init_kwargs(project, mode, entity, tags, init_kwargs, config)
         wandb, has = optional_import("wandb")
         if not has:
             raise ImportError(f"logging.wandb.enabled is true but wandb is not installed: {_INSTALL_HINT}")
-        if mode not in ("offline", "online", "disabled"):
-            raise ValueError(f"logging.wandb.mode must be offline, online or disabled, got {mode!r}")
-        self.run = wandb.init(project=project, mode=mode, config=dict(config or {}), **dict(init_kwargs or {}))
+        self.run = wandb.init(**kwargs)
         self.interval = int(interval)
         self.logger = logging.getLogger(__name__)
 
@@ -91,4 +133,6 @@ def make_wandb_handler(
         init_kwargs=cfg.get("init_kwargs"),
         config=run_config,
         interval=interval,
+        entity=cfg.get("entity"),
+        tags=cfg.get("tags"),
     )

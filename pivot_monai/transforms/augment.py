@@ -51,12 +51,13 @@ def build_augmentation(
 
     Args:
         cfg: ``{"enabled", "flip": {prob, axes}, "rotation": {prob, max_angle (degrees)},
-            "scaling": {prob, scale_range}, "noise": {prob, mean, std}, "elastic": {prob, sigma_range,
+            "scaling": {prob, scale_range}, "noise": {prob, mean, std, sample_std}, "elastic": {prob, sigma_range,
             magnitude_range}, "intensity": {prob, shift, scale}, "smooth": {prob, sigma_range},
             "sharpen": {prob, alpha_range}}``. A section with ``prob: 0`` adds nothing. The last three imitate
             other scanners (attenuation offsets and gains, soft and sharp reconstruction kernels): the image is
             the HU window scaled to [0, 1], so a ``shift`` of 0.03 is about 40 HU. ``noise.std`` is the largest
-            standard deviation; each draw picks one in ``[0, std]`` (dose varies).
+            standard deviation; each draw picks one in ``[0, std]`` (dose varies), or exactly ``std`` with
+            ``noise.sample_std: false`` (the guide's ``noise_std``).
         image_key: image key (bilinear). label_key: instance label key (nearest).
 
     Raises:
@@ -124,7 +125,11 @@ def build_augmentation(
             raise ValueError(f"augmentation.noise.std must be >= 0, got {std}")
         out.append(
             RandGaussianNoised(
-                [image_key], prob=noise["prob"], mean=float(noise.get("mean", 0.0)), std=std, sample_std=True
+                [image_key],
+                prob=noise["prob"],
+                mean=float(noise.get("mean", 0.0)),
+                std=std,
+                sample_std=bool(noise.get("sample_std", True)),
             )
         )
     out += _scanner_augmentation(cfg, image_key)
