@@ -14,8 +14,15 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``pivot train``."""
     add_config_argument(p, "the guide's Minimal Configuration")
     p.add_argument(
-        "--experiment-name", default=None, help="sub-folder of checkpointing.dir and logging.log_dir for this run"
-    )
+        "--experiment-name", default=None,
+        help="runs go to <runs-dir>/<experiment-name>/<timestamp>/ (default: default); with a checkpointing.dir of "
+        "the config's own, a sub-folder of it",
+    )  # fmt: skip
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="root of the run folders")
+    p.add_argument(
+        "--export-to", type=Path, default=None,
+        help="after training, write the run's model.pt there (self-describing), e.g. bundle/models/model.pt",
+    )  # fmt: skip
     p.add_argument(
         "--base-config",
         type=Path,
@@ -35,15 +42,16 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
         action="store_const",
         const=True,
         default=None,
-        help="continue from the newest readable checkpoint in checkpointing.dir; an error if there is none "
-        "(default: continue automatically when there is one, else start a new run)",
+        help="continue the newest run of the experiment; an error if it has none (default: continue it when it "
+        "holds a checkpoint, else start a new run)",
     )
     start.add_argument(
         "--restart",
         dest="resume",
         action="store_const",
         const=False,
-        help="start a new run; checkpoints of an earlier run are moved to checkpointing.dir/previous_runs/",
+        help="start a new run in a new folder (with a checkpointing.dir of the config's own, earlier checkpoints "
+        "are moved to its previous_runs/)",
     )
 
 
@@ -59,6 +67,8 @@ def run_train(args: argparse.Namespace) -> int:
         bundle_root=args.bundle_root,
         dataset_dir=args.input,
         resume=args.resume,
+        runs_dir=args.runs_dir,
+        export_to=args.export_to,
     )
     return 0
 

@@ -35,6 +35,7 @@ from pivot_monai.networks.metadata import jsonable, read_classifier_state, read_
 __all__ = [
     "BINDING_DATA_KEYS",
     "ModelConfigError",
+    "bundle_classifier",
     "bundle_sections",
     "check_settings",
     "embedded_classifier",
@@ -204,12 +205,29 @@ def bundle_sections(checkpoint: str | Path, sections: Mapping[str, Any]) -> dict
     from pivot_monai.config import load_sections
 
     given = {name: dict(sections.get(name) or {}) for name in _SECTIONS}
+    defaults = load_sections(None)
+    defaults["inference"] = {k: v for k, v in defaults["inference"].items() if k != "run"}
+    missing = sorted(set(defaults["inference"]) - set(given["inference"]))
+    if missing:  # inference.yaml names the section's keys one by one (its `run` entry must not be resolved)
+        raise ValueError(f"the bundle's inference settings lack inference.{missing[0]} (all missing: {missing})")
+    given["inference"].pop("run", None)
     meta = read_metadata(checkpoint)
     if meta is None:
         return given
-    defaults = load_sections(None)
-    defaults["inference"] = {k: v for k, v in defaults["inference"].items() if k != "run"}
     return _layer(checkpoint, defaults, _differences(given, defaults), meta)
+
+
+def bundle_classifier(checkpoint: str | Path, device: str | torch.device = "cpu", enabled: bool = True) -> Any:
+    """The classifier the bundles run, chosen as ``pivot infer`` chooses it: ``fpr.checkpoint`` of
+    ``bundle/configs/fpr.yaml``, else ``fpr.pt`` beside ``checkpoint``, else the one inside it; ``None`` when
+    ``enabled`` is false or there is none."""
+    from pivot_monai.inference.fpr import load_fpr_section, resolve_classifier
+
+    if not enabled:
+        return None
+    section = load_fpr_section(None)
+    found = resolve_classifier(checkpoint, section, None, device=device)
+    return found if found is not None else embedded_classifier(checkpoint, section, device)
 
 
 def check_settings(model: Any, settings: InferenceSettings) -> None:
