@@ -59,3 +59,21 @@ def test_step_and_plateau():
     plateau.step(0.5)
     plateau.step(0.5)
     assert opt2.param_groups[0]["lr"] == pytest.approx(0.05)
+
+
+def test_the_cosine_holds_min_lr_after_t_max_and_rejects_a_bad_t_max():
+    from pivot_monai.engines.optim import HeldWarmupCosineSchedule
+
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=1.0)
+    scheduler = build_lr_scheduler(optimizer, {"type": "cosine", "warmup_epochs": 0, "min_lr": 0.0, "t_max": 4}, 10)
+    assert isinstance(scheduler, HeldWarmupCosineSchedule) and scheduler.t_total == 4
+    lrs = []
+    for _ in range(8):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert lrs[:5] == pytest.approx([1.0, 0.8535534, 0.5, 0.1464466, 0.0]) and lrs[5:] == [0.0] * 3
+    with pytest.raises(ValueError, match="training.scheduler.t_max must be a whole number of epochs"):
+        build_lr_scheduler(optimizer, {"type": "cosine", "t_max": 2.5}, 10)
+    with pytest.raises(ValueError, match="training.scheduler.mode must be 'max' or 'min'"):
+        build_lr_scheduler(optimizer, {"type": "plateau", "mode": "up"}, 10)
