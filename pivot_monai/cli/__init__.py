@@ -52,12 +52,10 @@ COMMANDS: dict[str, Command] = _gather(COMMAND_MODULES)
 
 
 def setup_logging(verbose: bool = False) -> None:
-    """One log format for every command (the one of ``bundle/configs/logging.conf``)."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    """One console for every command: ``bundle/configs/logging.conf`` (:func:`pivot_monai.logs.setup_logging`)."""
+    from pivot_monai.logs import setup_logging as apply_logging_conf
+
+    apply_logging_conf(verbose)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from pivot_monai.data.annotations import Nodule, read_annotations, read_seriesuids
 from pivot_monai.data.io import find_scans, seriesuid_from_path
 from pivot_monai.data.preprocess import PreprocessConfig, ScanError, preprocess_scan
+from pivot_monai.files import atomic_write_text
+from pivot_monai.logs import progress
 
 __all__ = ["RawDataset", "discover_raw_dataset", "preprocess_dataset", "REPORT_NAME"]
 
@@ -168,7 +168,7 @@ def preprocess_dataset(
             ", ".join(orphans[:5]),
             ", ..." if len(orphans) > 5 else "",
         )
-    bar = tqdm(total=len(jobs), desc="preprocess", unit="scan", disable=None)
+    bar = progress(total=len(jobs), desc="preprocess", unit="scan", logger=logger)
     if workers <= 1:
         results = (_run_one(j) for j in jobs)
         _collect(results, report, bar)
@@ -177,9 +177,7 @@ def preprocess_dataset(
             _collect((f.result() for f in as_completed([pool.submit(_run_one, j) for j in jobs])), report, bar)
     bar.close()
     report["ok"].sort()
-    tmp = out / (REPORT_NAME + ".tmp")
-    tmp.write_text(json.dumps(report, indent=1))
-    tmp.replace(out / REPORT_NAME)
+    atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1))
     logger.info(
         "preprocessed %d, skipped %d (already done), failed %d -> %s",
         len(report["ok"]),
@@ -190,7 +188,7 @@ def preprocess_dataset(
     return report
 
 
-def _collect(results, report: dict[str, Any], bar: tqdm) -> None:
+def _collect(results, report: dict[str, Any], bar: Any) -> None:
     for uid, status, err, seconds in results:
         bar.update(1)
         report["seconds"][uid] = round(seconds, 3)

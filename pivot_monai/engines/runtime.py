@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,6 +13,7 @@ from pivot_monai.host import HostTuning
 
 __all__ = [
     "DEVICE_TYPES",
+    "MONAI_INDEXING_WARNING",
     "AutocastInferer",
     "amp_dtype",
     "autocast_dtype",
@@ -24,6 +26,9 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEVICE_TYPES = ("cuda", "cpu", "mps")
+
+MONAI_INDEXING_WARNING = "Using a non-tuple sequence for multidimensional indexing"
+"""Start of PyTorch's deprecation warning that ``monai.inferers.sliding_window_inference`` (MONAI 1.5) triggers."""
 
 
 def select_device(
@@ -103,7 +108,9 @@ def use_cpu_autocast(device: torch.device, mixed_precision: bool, force_cpu: boo
 class AutocastInferer:
     """Run another MONAI inferer under ``torch.autocast`` (used for forced CPU mixed precision).
 
-    Outputs are cast back to float32 so losses, metrics and decoding stay in full precision.
+    Outputs are cast back to float32 so losses, metrics and decoding stay in full precision. MONAI's sliding window
+    indexes tensors with lists, which PyTorch >= 2.9 deprecates with a ``UserWarning`` on every validation; that one
+    warning is silenced around the call (:data:`MONAI_INDEXING_WARNING`), as ``pivot infer``'s predictor does.
 
     Args:
         inferer: the wrapped inferer (e.g. ``SimpleInferer`` or ``SlidingWindowInferer``).
@@ -118,10 +125,12 @@ class AutocastInferer:
         self.inferer, self.enabled, self.device_type, self.dtype = inferer, bool(enabled), device_type, dtype
 
     def __call__(self, inputs: torch.Tensor, network: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.enabled:
-            return self.inferer(inputs, network, *args, **kwargs)
-        with torch.autocast(self.device_type, dtype=self.dtype):
-            out = self.inferer(inputs, network, *args, **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=MONAI_INDEXING_WARNING, category=UserWarning)
+            if not self.enabled:
+                return self.inferer(inputs, network, *args, **kwargs)
+            with torch.autocast(self.device_type, dtype=self.dtype):
+                out = self.inferer(inputs, network, *args, **kwargs)
         if isinstance(out, dict):
             return {k: v.float() if torch.is_tensor(v) else v for k, v in out.items()}
         return out.float() if torch.is_tensor(out) else out

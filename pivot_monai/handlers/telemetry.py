@@ -3,7 +3,8 @@
 The trainer's per-iteration scalars (loss and its components, learning rate, gradient norm, memory) are written
 every ``logging.log_interval`` iterations by :class:`TrainingTelemetryHandler`; the evaluator's metrics, validation
 loss included, once per round by :func:`write_validation_scalars` at the trainer's epoch. The tags are listed in
-``bundle/docs/README.md``.
+``bundle/docs/README.md``. The same handler puts the console view on the trainer: a bar per epoch and one summary
+line per epoch (:class:`~pivot_monai.handlers.progress.TrainingProgress`).
 """
 
 from __future__ import annotations
@@ -78,26 +79,34 @@ class TrainingTelemetryHandler:
     ``train/loss_classification`` (from ``loss_fn.last_components``, set by
     :class:`~pivot_monai.losses.MultiTaskDetectionLoss`), ``train/lr``, ``train/grad_norm`` (from
     :class:`~pivot_monai.handlers.gradients.GradientClipHandler`), ``train/peak_rss_mb`` and, on CUDA,
-    ``train/cuda_max_allocated_mb``; once per epoch ``train/epoch_lr``.
+    ``train/cuda_max_allocated_mb``; once per epoch ``train/epoch_lr``. With ``console`` it also attaches
+    :class:`~pivot_monai.handlers.progress.TrainingProgress` (epoch bar and summary line).
 
     Args:
-        summary_writer: a ``torch.utils.tensorboard.SummaryWriter`` (``None`` on non-zero DDP ranks: no-op).
+        summary_writer: a ``torch.utils.tensorboard.SummaryWriter`` (``None``: no TensorBoard, e.g. on non-zero DDP
+            ranks or with ``logging.tensorboard: false``).
         loss_fn: the loss module.
         interval: iterations between writes (``logging.log_interval``). Default 10.
+        console: show the epoch bar and the per-epoch summary line. Default True.
 
     Raises:
         ValueError: ``interval`` < 1.
     """
 
-    def __init__(self, summary_writer: Any, loss_fn: Any = None, interval: int = 10) -> None:
+    def __init__(self, summary_writer: Any, loss_fn: Any = None, interval: int = 10, console: bool = True) -> None:
         if interval < 1:
             raise ValueError(f"logging.log_interval must be >= 1, got {interval}")
         self.writer, self.loss_fn, self.interval = summary_writer, loss_fn, int(interval)
+        self.console = bool(console)
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.interval), self)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.epoch_completed)
+        if self.console:
+            from pivot_monai.handlers.progress import TrainingProgress
+
+            TrainingProgress(self.loss_fn, self.interval).attach(engine)
 
     def __call__(self, engine: Engine) -> None:
         if self.writer is None:

@@ -31,14 +31,15 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import torch
-from tqdm import tqdm
 
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import find_scans, seriesuid_from_path, volume_to_sitk
 from pivot_monai.data.preprocess import preprocess_image, read_for_preprocessing
+from pivot_monai.files import atomic_write_text
 from pivot_monai.inference.decode import decode_peaks, output_to_input_index
 from pivot_monai.inference.predictor import Predictor
 from pivot_monai.inference.settings import InferenceSettings
+from pivot_monai.logs import progress
 from pivot_monai.metrics.detection import ScanCandidates
 from pivot_monai.metrics.froc import write_submission_csv
 
@@ -226,8 +227,11 @@ class InferencePipeline:
         return cands, index
 
     def predict_many(self, items: Sequence[Mapping[str, str]]) -> Iterator[tuple[Mapping[str, str], Any]]:
-        """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed; never raises."""
-        for item in tqdm(items, desc="infer", unit="scan", disable=None):
+        """Yield ``(item, ScanPrediction)`` per scan, or ``(item, error message)`` when it failed; never raises.
+
+        Shows a progress bar (:func:`~pivot_monai.logs.progress`: live on a terminal, a line every 30 s otherwise).
+        """
+        for item in progress(items, desc="infer", unit="scan", logger=logger):
             try:
                 yield item, self.predict(item["image"], item.get("seriesuid"))
             except Exception as err:  # noqa: BLE001 - one broken scan must never stop the others
@@ -282,7 +286,7 @@ class InferencePipeline:
             report["ok"].append(result.seriesuid)
             report["n_candidates"][result.seriesuid] = len(result.candidates)
             report["seconds"][result.seriesuid] = result.seconds
-            logger.info(
+            logger.debug(
                 "%s: %d candidates in %.2f s (%s)",
                 result.seriesuid,
                 len(result.candidates),
@@ -297,11 +301,16 @@ class InferencePipeline:
             total_seconds=round(time.perf_counter() - t0, 3),
             settings=self.settings(),
         )
-        tmp = out / (REPORT_NAME + ".tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        tmp.replace(out / REPORT_NAME)
+        atomic_write_text(out / REPORT_NAME, json.dumps(report, indent=1))
+        done = len(report["ok"])
         logger.info(
-            "%d of %d scan(s) done, %d failed -> %s", len(report["ok"]), len(items), len(report["failed"]), csv_path
+            "%d of %d scan(s) done, %d failed, %d candidates, %.2f s per scan -> %s",
+            done,
+            len(items),
+            len(report["failed"]),
+            sum(report["n_candidates"].values()),
+            sum(sum(t.values()) for t in report["seconds"].values()) / max(done, 1),
+            csv_path,
         )
         if report["failed"] and raise_on_failure:
             raise RuntimeError(

@@ -36,11 +36,11 @@ def test_verify_metadata_offline():
 def test_verify_net_in_out():
     res = _bundle(
         "verify_net_in_out",
-        "network_heatmap",
+        "network_def",
         "--meta_file",
         str(CONFIGS / "metadata.json"),
         "--config_file",
-        str(CONFIGS / "train.yaml"),
+        repr([str(CONFIGS / "train.yaml"), str(CONFIGS / "inference.yaml")]),
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "verified with no error" in res.stdout + res.stderr
@@ -101,7 +101,8 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
         assert [e.step for e in acc.Scalars(tag)] == [1, 2], tag
     assert all(e.value > 0 for e in acc.Scalars("val/loss_detection"))
     assert "val_loss_detection" in log  # the evaluator's StatsHandler prints the loss with the metrics
-    assert log.count("train_loss: ") == 2  # the console's iteration lines are throttled too (iterations 2 and 4)
+    # the console: one summary line per epoch at INFO; MONAI's per-iteration loss lines are DEBUG
+    assert log.count("train_loss: ") == 0 and log.count(" patches/s") == 2
 
     import torch
 

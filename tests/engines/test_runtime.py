@@ -164,3 +164,27 @@ def test_autocast_dtype_is_the_configured_one_on_cuda_and_bf16_on_cpu():
     assert autocast_dtype(torch.device("cpu"), "float16") is torch.bfloat16
     with pytest.raises(ValueError, match="device.amp_dtype"):
         autocast_dtype(torch.device("cpu"), "float8")
+
+
+def test_validation_inference_shows_no_monai_indexing_warning_but_other_warnings_pass():
+    import warnings
+
+    from monai.inferers import SlidingWindowInferer
+
+    from pivot_monai.engines.runtime import MONAI_INDEXING_WARNING
+
+    def network(x):
+        warnings.warn("a warning of the user's own network", UserWarning, stacklevel=1)
+        return x
+
+    x = torch.zeros(1, 1, 20, 20, 20)
+    with warnings.catch_warnings(record=True) as bare:
+        warnings.simplefilter("always")
+        SlidingWindowInferer((8, 8, 8), sw_batch_size=2)(x, network)
+    assert any(MONAI_INDEXING_WARNING in str(w.message) for w in bare)  # MONAI triggers it without the wrapper
+    with warnings.catch_warnings(record=True) as wrapped:
+        warnings.simplefilter("always")
+        AutocastInferer(SlidingWindowInferer((8, 8, 8), sw_batch_size=2))(x, network)
+    messages = {str(w.message) for w in wrapped}
+    assert not any(MONAI_INDEXING_WARNING in m for m in messages)
+    assert messages == {"a warning of the user's own network"}

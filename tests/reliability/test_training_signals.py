@@ -23,6 +23,7 @@ class _Run:
 
     def __init__(self, dataset: Path, bundle_root: Path, *extra: str) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+        env["PIVOT_LOG_LEVEL"] = "DEBUG"  # the per-iteration lines these tests wait for are DEBUG
         args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_YAML)]
         args += ["--bundle_root", str(bundle_root), "--dataset_dir", str(dataset), *TINY_OVERRIDES, *extra]
         self.proc = subprocess.Popen(
@@ -138,8 +139,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
     b = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (
-        reference.matching("Epoch[4] Metrics")[-1].split(" - ")[-1]
-        == resumed.matching("Epoch[4] Metrics")[-1].split(" - ")[-1]
+        reference.matching("Epoch[4] Metrics")[-1].split("Metrics -- ")[-1]
+        == resumed.matching("Epoch[4] Metrics")[-1].split("Metrics -- ")[-1]
     )
     # one run's checkpoints, keep_last_n over both processes
     names = sorted(p.name for p in (tmp_path / "run" / "models").glob("checkpoint_epoch=*"))

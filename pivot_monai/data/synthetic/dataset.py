@@ -362,10 +362,10 @@ def _summary_row(uid: str, path: Path, scan: SyntheticScan) -> dict[str, Any]:
 
 
 def _progress(results: Any, total: int) -> Any:
-    """A tqdm progress bar over ``results`` (live on a terminal, quiet otherwise)."""
-    from tqdm.auto import tqdm
+    """A progress bar over ``results`` (live on a terminal, a line every 30 s otherwise: pivot_monai.logs)."""
+    from pivot_monai.logs import progress
 
-    return tqdm(results, total=total, desc="synth", unit="scan", disable=None, leave=False)
+    return progress(results, total=total, desc="synth", unit="scan", logger=logger)
 
 
 def _write_report(root: Path, stats: list[dict[str, Any]]) -> None:
