@@ -5,6 +5,10 @@ The guide's sections (``data``, ``model``, ``training``, ``augmentation``, ``val
 them. A user file holding only the keys they change is deep-merged over those defaults; an unknown key is an error
 that names it and suggests the closest valid one. :func:`load_config` is what every entry point runs on (``pivot
 train``, ``infer``, ``evaluate``, ``preprocess``); :func:`load_sections` gives its guide sections.
+
+* :mod:`pivot_monai.config.guide`: the training guide's names mapped onto PIVOT's (run by :func:`load_config`);
+* :mod:`pivot_monai.config.bundle`: the same schema for ``python -m monai.bundle run training --config_file [...]``,
+  whose config MONAI merges itself (run by ``train.yaml``'s ``initialize``).
 """
 
 from __future__ import annotations
