@@ -65,15 +65,20 @@ def settings_from_args(args: argparse.Namespace, model: Any = None) -> Any:
     return settings
 
 
-def _classifier(args: argparse.Namespace, model: Any, device: Any) -> Any:
+def _classifier(args: argparse.Namespace, model: Any) -> Any:
     """``--classifier``, ``fpr.checkpoint`` or ``fpr.pt`` beside the model, else the classifier inside the model."""
     if args.no_fpr:
         return None
+    import torch
+
     from pivot_monai.inference.fpr import load_fpr_section
     from pivot_monai.inference.model_settings import embedded_classifier
 
     found = classifier_from_args(args, model)
-    return found if found is not None else embedded_classifier(model, load_fpr_section(args.config), device)
+    if found is not None:
+        return found
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    return embedded_classifier(model, load_fpr_section(args.config), device)
 
 
 def add_infer_arguments(p: argparse.ArgumentParser) -> None:
@@ -125,7 +130,7 @@ def run_infer(args: argparse.Namespace) -> int:
         save_heatmap=args.save_heatmap,
         save_previews=args.save_previews,
         num_previews=args.num_previews,
-        classifier=_classifier(args, model, settings.device),
+        classifier=_classifier(args, model),
     )
     if report["failed"]:
         logger.error(
@@ -175,7 +180,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         bootstrap=args.bootstrap,
         seed=args.seed,
         threshold=args.threshold,
-        classifier=_classifier(args, args.checkpoint, settings.device),
+        classifier=_classifier(args, args.checkpoint),
     )
     if metrics["n_failed"]:
         logger.error(

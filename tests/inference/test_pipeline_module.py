@@ -24,7 +24,7 @@ def test_the_guides_eval_pipeline_command_runs_pivot_evaluate(monkeypatch, tmp_p
     import pivot_monai.inference.evaluate as evaluate_module
 
     calls = []
-    monkeypatch.setattr(cli_inference, "settings_from_args", lambda args: "settings")
+    monkeypatch.setattr(cli_inference, "settings_from_args", lambda args, model=None: "settings")
     monkeypatch.setattr(evaluate_module, "evaluate", lambda *args, **kwargs: calls.append(args) or {"n_failed": 0})
     checkpoint, data, out = tmp_path / "model_best.pt", tmp_path / "test", tmp_path / "results"
     argv = ["--checkpoint", str(checkpoint), "--data-dir", str(data), "--output-dir", str(out)]
