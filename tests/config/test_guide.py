@@ -364,3 +364,15 @@ def test_the_tta_block_gives_eight_augmentations():
 
     tta = TTASettings.from_config(load_config(block("test_time_augmentation"))["inference"]["tta"])
     assert tta.enabled and len(tta.names) == 8 and "rotate_90" in " ".join(tta.names)
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_the_early_stopping_block_builds_its_handler(source):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser(load_config(block("early_stopping", source)))
+    handler = parser.get_parsed_content("validate#early_stop")
+    assert (handler.patience, handler.min_delta) == (15, 0.001)
+    assert handler.score_function(_Engine(val_froc=0.8)) == 0.8  # monitor val_froc, mode max
+    parser = ConfigParser(load_config({"training": {"early_stopping": {"enabled": False}}}))
+    assert parser.get_parsed_content("validate#early_stop") is None

@@ -83,7 +83,7 @@ def test_the_complete_configuration_builds_what_it_describes(complete):
     assert trainer.state.max_epochs == 100 and parsed("train#dataloader").batch_size == 2
     loader = parsed("train#dataloader")
     assert loader.num_workers == 8 and loader.prefetch_factor == 2 and loader.persistent_workers
-    assert parsed("training#accumulation_steps") == 4
+    assert parsed("train#trainer#iteration_update").steps == 4  # GradientAccumulation of 4 micro-batches
     optimizer = parsed("optimizer")
     assert isinstance(optimizer, torch.optim.AdamW)
     group = optimizer.param_groups[0]
@@ -98,6 +98,27 @@ def test_the_complete_configuration_builds_what_it_describes(complete):
     assert float(loss.classification_loss.loss.pos_weight) == 3.0
     assert parsed("train#crop_ratios") == (1.0, 3.0, 0.5)  # hard negative mining: 3 negatives a positive, half hard
     assert parsed("validate#window_inferer").settings["overlap"] == 0.5  # data.stride 64 of patch 128
+    assert loader.pin_memory and parsed("device#torch_device").type == "cpu"  # cuda unavailable here: CPU, logged
+    assert parsed("device#amp") is False  # mixed_precision: true is CUDA's; on CPU it stays off (logged)
+
+
+def test_the_complete_configurations_validation_and_logging(complete):
+    from monai.handlers import ValidationHandler
+
+    from pivot_monai.handlers import TrainingTelemetryHandler
+
+    parsed = complete.parser.get_parsed_content
+    handlers = parsed("train#handlers")
+    (validation,) = [h for h in handlers if isinstance(h, ValidationHandler)]
+    assert validation.interval == 1  # validation.interval: every epoch
+    key, additional = parsed("validate#metrics")  # the evaluator's key metric and the others
+    assert list(key) == ["val_froc"] and set(additional) == {
+        "val_detection_dice",
+        "val_center_accuracy",
+        "val_size_accuracy",
+    }
+    (telemetry,) = [h for h in handlers if isinstance(h, TrainingTelemetryHandler)]
+    assert telemetry.interval == 10  # logging.log_interval: every 10 iterations
 
 
 def test_the_complete_configurations_checkpoints_and_logs(complete, guide_folder):
