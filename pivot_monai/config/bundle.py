@@ -90,6 +90,21 @@ def dropped_defaults(config: Mapping[str, Any], defaults: Mapping[str, Any], pre
     return out
 
 
+def _node(config: Mapping[str, Any], path: str) -> Any:
+    for part in path.split("."):
+        config = config[part]
+    return config
+
+
+def _leaf_ids(value: Any, prefix: str) -> Iterator[tuple[str, Any]]:
+    """``(id, value)`` of the leaves of a nested mapping, ids in MONAI's ``a#b#c`` form."""
+    if isinstance(value, Mapping) and value:
+        for key, sub in value.items():
+            yield from _leaf_ids(sub, f"{prefix}#{key}")
+    else:
+        yield prefix, value
+
+
 def check_merged_config(config: Mapping[str, Any], source: str = _SOURCE) -> None:
     """Check a config merged by MONAI (``ConfigParser.get()``) against ``train.yaml``'s schema.
 
@@ -118,12 +133,14 @@ def check_merged_config(config: Mapping[str, Any], source: str = _SOURCE) -> Non
     dropped = dropped_defaults(config, defaults)
     if dropped:
         path, keys = next(iter(dropped.items()))
-        ids = path.replace(".", "#")
+        given = _node(config, path)
+        ids = "; ".join(f"{i}: {v!r}" for i, v in list(_leaf_ids(given, path.replace(".", "#")))[:3])
         raise ValueError(
-            f"{source}: '{ids}' was given as a whole mapping, which replaced the one of bundle/configs/train.yaml "
-            f"and dropped its defaults {', '.join(f'{path}.{k}' for k in keys)} (MONAI merges --config_file files "
-            f"and overrides by key, it does not deep-merge). Give only the keys you change as MONAI ids, e.g. "
-            f"'{ids}#{keys[0]}: ...', or run `pivot train --config FILE`, which deep-merges"
+            f"{source}: '{path.replace('.', '#')}' was given as a whole mapping, which replaced the one of "
+            f"bundle/configs/train.yaml and dropped its defaults {', '.join(f'{path}.{k}' for k in keys)} (MONAI "
+            "merges --config_file files and overrides key by key; it does not deep-merge). Give only the keys you "
+            f"change, as MONAI ids ({ids or path.replace('.', '#') + '#<key>: <value>'}), or run `pivot train "
+            "--config FILE`, which deep-merges"
         )
     validate_training_config(config)
 
