@@ -166,6 +166,16 @@ def sections_for_model(
     from pivot_monai.config import load_sections
 
     meta = read_metadata(model) if isinstance(model, (str, Path)) else None
+    if (
+        isinstance(model, (str, Path))
+        and config is None
+        and not (meta or {}).get("config", {}).get("data", {}).get("target_spacing")
+    ):
+        logger.warning(
+            "%s does not record its preprocessing (a bare state_dict or an early export): running with the defaults "
+            "of train.yaml; pass --config with the settings it was trained with (e.g. bundle/configs/demo.yaml)",
+            model,
+        )
     if meta is None:
         return load_sections(config), None
     return _layer(model, load_sections(None), explicit_keys(config), meta), meta

@@ -53,13 +53,17 @@ def test_a_checkpoint_records_its_model_preprocessing_inference_versions_and_run
     assert set(meta["versions"]) == {"pivot", "monai", "torch"} and meta["fpr"] is None
 
 
-def test_a_bare_state_dict_has_no_description_and_still_loads_with_its_config(tmp_path):
+def test_a_bare_state_dict_has_no_description_and_still_loads_with_its_config(tmp_path, caplog):
     path = tmp_path / "old.pt"
     torch.save(build_network(NET).state_dict(), path)
     assert read_metadata(path) is None
     assert load_model(path, NET).output_stride == 2
     with pytest.raises(ValueError, match="do not match"):
         load_model(path)  # the defaults are not what it was trained with
+    assert settings_for_model(path, _config(tmp_path, data=DATA)).preprocess.target_spacing == (2.0, 2.0, 2.0)
+    assert "does not record its preprocessing" not in caplog.text
+    settings_for_model(path)  # no config: the defaults, with a warning saying so
+    assert "does not record its preprocessing" in caplog.text
 
 
 def test_load_model_builds_the_recorded_network_and_names_contradicting_keys(described):
@@ -131,7 +135,10 @@ def test_pivot_infer_needs_only_the_checkpoint_and_refuses_a_contradicting_confi
     published = export_checkpoint(described, None, tmp_path / "published" / "model.pt")  # fpr.pt goes inside
     assert pivot_main(["infer", "--checkpoint", str(published), "-i", str(root), "-o", str(tmp_path / "out")]) == 0
     report = json.loads((tmp_path / "out" / "infer_report.json").read_text())
-    assert report["settings"]["preprocess"]["target_spacing"] == [2.0, 2.0, 2.0] and report["settings"]["output_stride"] == 2
+    assert (
+        report["settings"]["preprocess"]["target_spacing"] == [2.0, 2.0, 2.0]
+        and report["settings"]["output_stride"] == 2
+    )
     assert report["settings"]["fpr"]["checkpoint"] == str(published)  # the classifier inside the model
     bad = _config(tmp_path, data={"target_spacing": [1.5, 1.5, 1.5]})
     code = pivot_main(
