@@ -41,7 +41,15 @@ __all__ = [
     "validate_keys",
 ]
 
-BUNDLE_DIR = Path(__file__).resolve().parents[2] / "bundle"
+
+def _bundle_dir() -> Path:
+    """The checkout's ``bundle/``, else the copy an installed wheel ships as ``pivot_monai/_bundle`` (setup.py)."""
+    here = Path(__file__).resolve()
+    checkout, shipped = here.parents[2] / "bundle", here.parents[1] / "_bundle"
+    return shipped if not (checkout / "configs" / "train.yaml").is_file() and shipped.is_dir() else checkout
+
+
+BUNDLE_DIR = _bundle_dir()
 GUIDE_SECTIONS = (
     "data",
     "model",
