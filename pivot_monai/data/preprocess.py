@@ -27,6 +27,7 @@ from pivot_monai.data.annotations import DEFAULT_MALIGNANCY_THRESHOLD, Nodule
 from pivot_monai.data.geometry import Geometry
 from pivot_monai.data.io import CTReadError, read_sitk, write_image
 from pivot_monai.data.lungs import lung_box
+from pivot_monai.files import atomic_write_text, remove_stale_temporaries
 
 __all__ = [
     "ANTIALIAS_MODES",
@@ -483,6 +484,8 @@ def preprocess_scan(
     label = nodule_label_volume(scan.geometry, nodules)
     out = Path(output_dir) / seriesuid
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # of an earlier run killed while writing this scan
+    # each file is written atomically with fsync, meta.json last: its presence marks a finished, durable scan
     write_image(scan.image, scan.geometry, out / "image.nii.gz")
     write_image(label, scan.geometry, out / "label.nii.gz")
     meta = {
@@ -497,7 +500,5 @@ def preprocess_scan(
         "excluded": [_nodule_record(n, scan.geometry, cfg, None) for n in excluded],
         **(extra_meta or {}),
     }
-    tmp = out / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=1))
-    tmp.replace(out / "meta.json")  # meta.json last and atomic: its presence marks a finished scan
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=1))
     return meta

@@ -142,6 +142,18 @@ def _vector_image(tmp_path):
     return p
 
 
+def _swapped_dims(tmp_path):  # DimSize 20 40 48 for 48 40 20 data: the same byte count, a scrambled read
+    mhd = _mhd(tmp_path)
+    _edit_header(mhd, DimSize="20 40 48")
+    return mhd
+
+
+def _transposed_payload(tmp_path):  # the header is right, the .raw was written from a (x, y, z) C-order array
+    mhd = _mhd(tmp_path)
+    mhd.with_suffix(".raw").write_bytes(np.ascontiguousarray(_ct()).tobytes())
+    return mhd
+
+
 SCAN_CASES = {
     "mhd payload larger than the header (MET_UCHAR)": (_larger_payload, "ElementType wrong"),
     "mhd payload with trailing bytes": (_trailing_bytes, "holds 76837 bytes"),
@@ -160,6 +172,8 @@ SCAN_CASES = {
     "scan file missing": (_missing_file, "file not found"),
     "folder without DICOM": (_folder_without_dicom, "holds no DICOM series"),
     "a 3-component image": (_vector_image, "scalar CT image"),
+    "mhd DimSize axes swapped (same byte count)": (_swapped_dims, "not laid out as the header's DimSize [20, 40, 48]"),
+    "mhd payload written in another axis order": (_transposed_payload, "axes swapped, or was the array written"),
 }
 
 
