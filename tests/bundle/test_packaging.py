@@ -36,10 +36,23 @@ def test_weights_are_never_committed_and_always_ignored():
     assert ignored == paths
 
 
+def _source_tree(dest: Path) -> Path:
+    """The files git tracks, copied from the working tree (what a clone would build; the build writes there)."""
+    listed = _git("ls-files").stdout.split() if (REPO_ROOT / ".git").exists() else []
+    if not listed:
+        return REPO_ROOT
+    for name in listed:
+        if (REPO_ROOT / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, dest / name)
+    return dest
+
+
 def _wheel(out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    source = _source_tree(out.parent / "source")
     # --no-build-isolation: the environment's setuptools, no download
-    cmd = [sys.executable, "-m", "pip", "wheel", str(REPO_ROOT), "--no-deps", "--no-build-isolation", "-w", str(out)]
+    cmd = [sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-w", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=out)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     (wheel,) = out.glob("pivot_monai-*.whl")
