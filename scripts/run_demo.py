@@ -29,6 +29,7 @@ from pivot_monai.data.synthetic import dataset_is_current
 logger = logging.getLogger("pivot_monai.demo")
 
 DEMO_CONFIG = Path("bundle/configs/demo.yaml")
+METADATA = Path("bundle/configs/metadata.json")
 TRAIN_SIZE = "medium"
 HELDOUT_SEED = 9000  # seeds >= 1000 are never trained on
 
@@ -96,6 +97,7 @@ def infer_and_evaluate(
 ) -> int:
     """Infer on the raw test scans, evaluate both domains and print the cross-domain summary."""
     from pivot_monai.inference.crossdomain import domain_summary, format_domain_summaries
+    from pivot_monai.inference.model_card import write_bundle_metrics
 
     results = work_dir / "results"
     test_raw = sorted(json.loads(m.read_text())["source"] for m in (processed / "test").glob("*/meta.json"))
@@ -115,6 +117,8 @@ def infer_and_evaluate(
             return code
         summaries[name] = domain_summary(out, data_dir)
     (results / "domains.json").write_text(json.dumps(summaries, indent=1) + "\n")
+    # the bundle's metadata.json carries the measured metrics of the model it ships, both domains
+    write_bundle_metrics(METADATA, {name: out / "metrics.json" for name, (_, out) in sets.items()})
     logger.info("[demo] summary\n%s", format_domain_summaries(summaries))
     logger.info(
         "[demo] outputs: model %s, candidates %s, metrics %s and %s, FROC plots %s and %s, previews %s",
