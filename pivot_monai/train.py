@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from pivot_monai.config import default_config_path, load_config
+from pivot_monai.engines.memory import check_training_memory
 from pivot_monai.engines.runs import DEFAULT_EXPERIMENT, RUNS_DIR, stop_logging_to_file
 from pivot_monai.engines.validate import validate_training_config
 
@@ -134,6 +135,7 @@ def train(
     if resume is not None:
         merged.setdefault("checkpointing", {})["resume"] = resume
     validate_training_config(merged)  # literal values, before MONAI evaluates any expression
+    check_training_memory(merged)  # a step that cannot fit in memory is refused before anything is built
     if legacy:
         out_root = Path(bundle_root or merged.get("bundle_root", "bundle")) / "runs" / (experiment_name or "default")
     else:

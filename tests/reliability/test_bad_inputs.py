@@ -494,3 +494,18 @@ def test_pivot_infer_with_a_bad_model_exits_2_with_one_line(tmp_path, caplog, co
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert code == 2 and len(errors) == 1 and expected in errors[0] and str(model) in errors[0], errors
     assert "weights_only=False" not in errors[0] and not (tmp_path / "out" / "candidates.csv").exists()
+
+
+# ------------------------------------------------------------------------------------------------ memory
+def test_a_patch_too_large_for_the_machine_is_refused_before_training(monkeypatch):
+    from pivot_monai.config import load_config
+    from pivot_monai.engines import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda device_type="cpu": (24 * 2**30, "RAM"))
+    config = load_config(None)
+    config["data"]["patch_size"] = [256, 256, 256]  # the case: ~70^3 images, killed at 24 GB
+    with pytest.raises(ConfigValueError) as exc:
+        memory.check_training_memory(config)
+    message = str(exc.value)
+    assert "cannot fit" in message and "data.patch_size [256, 256, 256]" in message
+    assert "training.batch_size" in message and "RAM has 24.0 GiB available" in message and "\n" not in message
