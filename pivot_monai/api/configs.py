@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from pivot_monai.config import deep_merge, load_layered, load_yaml, validate_keys
+from pivot_monai.config import deep_merge, guide_names, load_layered, load_yaml, validate_keys
 
 __all__ = [
     "CONFIG_SUFFIXES",
@@ -108,6 +108,10 @@ def _base_and_user(config_file: Path, base_config: Path) -> tuple[dict[str, Any]
         user = load_layered([config_file])
     except (ValueError, yaml.YAMLError) as err:
         raise SessionConfigError(f"{config_file.name}: not a readable config mapping: {err}") from None
+    try:  # the training guide's names map onto PIVOT's, as in pivot train
+        user = guide_names(user, config_file.name, base=base)
+    except ValueError as err:  # a guide key PIVOT cannot honour: the message says what to use instead
+        raise SessionConfigError(str(err)) from None
     validate_keys(user, base, source=config_file.name)
     return base, user
 

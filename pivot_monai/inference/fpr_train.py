@@ -202,6 +202,16 @@ def _fit(data: TrainingSet, fpr: FPRSettings, device: torch.device) -> tuple[Mul
     return net.eval(), losses
 
 
+def _detector_keys(config: str | Path | Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The user's config without its ``fpr`` section: the keys that may contradict the detector's description."""
+    from pivot_monai.config import expand_paths, load_layered
+
+    if config is None:
+        return None
+    user = load_layered([config]) if isinstance(config, (str, Path)) else expand_paths(dict(config))
+    return {k: v for k, v in user.items() if k != "fpr"}
+
+
 def train_classifier(
     data_dir: str | Path,
     output: str | Path | None = None,
@@ -233,6 +243,7 @@ def train_classifier(
     """
     from pivot_monai.config import INFERENCE_SECTIONS
     from pivot_monai.inference.evaluate import discover_cases
+    from pivot_monai.inference.model_settings import settings_for_model
     from pivot_monai.inference.settings import InferenceSettings
 
     if candidates is None and detector is None:
@@ -245,7 +256,12 @@ def train_classifier(
     t0 = time.perf_counter()
     merged = load_fpr_config(config)
     fpr = FPRSettings.from_section(merged["fpr"])
-    settings = InferenceSettings.from_config({k: merged.get(k) or {} for k in INFERENCE_SECTIONS}, device=device)
+    if isinstance(detector, (str, Path)):
+        # the detector's own preprocessing and network (a self-describing model.pt), the user's keys over them; a
+        # contradiction is an error naming the keys, as in pivot infer
+        settings = settings_for_model(detector, _detector_keys(config), device=device)
+    else:
+        settings = InferenceSettings.from_config({k: merged.get(k) or {} for k in INFERENCE_SECTIONS}, device=device)
     cases = discover_cases(data_dir)
     if candidates is not None:
         cands, _ = read_candidates_csv(candidates)
@@ -273,6 +289,7 @@ def train_classifier(
         "detector": None if detector is None else str(detector),
         "candidates": None if candidates is None else str(candidates),
         "n_scans": len(cases),
+        "preprocess": settings.preprocess.to_dict(),  # the patches are cut from scans preprocessed like this
         "n_samples": {k: data.origin.count(k) for k in ("hit", "fp", "nodule")},
         "losses": losses,
         "train_auc": _auc(data.labels, scores.numpy()),

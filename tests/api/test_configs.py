@@ -162,3 +162,21 @@ def test_build_command_is_the_bundle_training_command(tmp_path):
     argv = build_command(BASE, tmp_path / "session.yaml")
     assert argv[1:5] == ["-m", "monai.bundle", "run", "training"]
     assert argv[5:] == ["--config_file", repr([str(BASE), str(tmp_path / "session.yaml")])]
+
+
+def test_a_session_config_in_the_guides_names_runs_in_pivots(configs_root, tmp_path):
+    (configs_root / "guide_names.yaml").write_text(
+        "training:\n  optimizer: adamw\n  lr_scheduler: {type: cosine, T_max: 8}\n"
+        "checkpointing: {save_dir: elsewhere}\n"
+    )
+    validate_session_config(configs_root / "guide_names.yaml", BASE, {})
+    cfg = session_config(configs_root / "guide_names.yaml", BASE, {}, tmp_path / "s")
+    assert cfg["training#optimizer#type"] == "adamw" and cfg["training#scheduler#t_max"] == 8
+    assert not any(k.startswith("training#lr_scheduler") for k in cfg)
+    assert cfg["checkpointing#dir"] == str(tmp_path / "s" / "models")  # the session's own folder wins
+
+
+def test_a_guide_key_pivot_cannot_honour_is_a_session_config_error(configs_root):
+    (configs_root / "guide_bad.yaml").write_text("model: {type: unet, out_channels: 3}\n")
+    with pytest.raises(SessionConfigError, match="out_channels"):
+        validate_session_config(configs_root / "guide_bad.yaml", BASE, {})

@@ -107,7 +107,11 @@ def test_training_command_trains_and_writes_checkpoint_tensorboard_and_metrics(t
     import torch
 
     state = torch.load(bundle_root / "models" / "model.pt", map_location="cpu")
-    assert any(k.startswith("heatmap_head") for k in state)
+    assert any(k.startswith("heatmap_head") for k in state["model"])
+    # the bundle command's model.pt describes itself: network, preprocessing and inference as trained
+    recorded = state["pivot"]["config"]
+    assert recorded["model"]["base_filters"] == 4 and recorded["model"]["depth"] == 2  # TINY_OVERRIDES
+    assert recorded["data"]["patch_size"] == [16, 16, 16] and "target_spacing" in recorded["data"]
 
 
 def test_heatmap_keys_reach_the_training_targets(tiny_processed, tmp_path):

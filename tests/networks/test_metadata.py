@@ -145,3 +145,19 @@ def test_pivot_infer_needs_only_the_checkpoint_and_refuses_a_contradicting_confi
         ["infer", "--checkpoint", str(published), "-i", str(root), "-o", str(tmp_path / "x"), "-c", str(bad)]
     )
     assert code != 0 and "data.target_spacing" in caplog.text
+
+
+def test_train_fpr_takes_the_detectors_own_settings_and_refuses_a_contradicting_config(
+    described, make_raw_dataset, tmp_path
+):
+    from pivot_monai.inference.fpr_train import train_classifier
+
+    root, _ = make_raw_dataset(dict(list(tricky_geometries().items())[:2]))
+    tiny_fpr = {"fov_mm": [12, 24], "grid": 8, "channels": [4, 8], "hidden": 8, "epochs": 1, "batch_size": 8}
+    # no data/model keys: the 2 mm, stride-2 network of the model's description (train.yaml's defaults differ)
+    report = train_classifier(root, tmp_path / "fpr.pt", detector=described, config={"fpr": tiny_fpr})
+    assert report["preprocess"]["target_spacing"] == [2.0, 2.0, 2.0]
+    with pytest.raises(ModelConfigError, match="data.target_spacing"):
+        train_classifier(
+            root, tmp_path / "x.pt", detector=described, config={"fpr": tiny_fpr, "data": {"target_spacing": [3, 3, 3]}}
+        )
