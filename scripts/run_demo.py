@@ -79,20 +79,20 @@ def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool
     if fpr:
         # the second stage learns the detector's own candidates on the training scans; pivot infer and evaluate then
         # use bundle/models/fpr.pt by default
-        argv = ["train-fpr", "--data-dir", str(processed / "train"), "--checkpoint", "bundle/models/model.pt", *config]
+        argv = ["train-fpr", "--data-dir", str(processed / "train"), "--checkpoint", "bundle/models/model.pt"]
         logger.info("[demo] train-fpr: pivot %s", " ".join(argv))
         code = pivot(argv)
         if code:
             logger.error("[demo] train-fpr failed with exit code %d", code)
             return code
-    return infer_and_evaluate(work_dir, processed, heldout, config)
+    # model.pt describes itself (network, preprocessing, inference settings): no --config from here on
+    return infer_and_evaluate(work_dir, processed, heldout)
 
 
 def infer_and_evaluate(
     work_dir: Path,
     processed: Path,
     heldout: Path,
-    config: list[str],
     checkpoint: Path = Path("bundle/models/model.pt"),
 ) -> int:
     """Infer on the raw test scans, evaluate both domains and print the cross-domain summary."""
@@ -102,7 +102,7 @@ def infer_and_evaluate(
     results = work_dir / "results"
     test_raw = sorted(json.loads(m.read_text())["source"] for m in (processed / "test").glob("*/meta.json"))
     infer_args = ["infer", "--checkpoint", str(checkpoint), "--input", *test_raw, "--output", str(results / "infer")]
-    code = pivot([*infer_args, "--save-previews", *config])
+    code = pivot([*infer_args, "--save-previews"])
     if code:
         logger.error("[demo] inference failed with exit code %d", code)
         return code
@@ -111,7 +111,7 @@ def infer_and_evaluate(
     summaries = {}
     for name, (data_dir, out) in sets.items():
         eval_args = ["evaluate", "--checkpoint", str(checkpoint), "--data-dir", str(data_dir)]
-        code = pivot([*eval_args, "--output-dir", str(out), *config])
+        code = pivot([*eval_args, "--output-dir", str(out)])
         if code:
             logger.error("[demo] evaluation of %s failed with exit code %d", name, code)
             return code
