@@ -1,11 +1,21 @@
 """Random-number-generator states for resumable training: Python, NumPy, torch (CPU and CUDA), the training
-loader's generator and every MONAI random transform.
+loader's generators and every MONAI random transform.
 
 A checkpoint must hold these for a resumed run to draw the same crops, augmentations and shuffles as an
 uninterrupted one. The states are converted to tensors and plain values so that ``torch.load(weights_only=True)``
 reads them back. Transforms are found the way MONAI's ``set_rnd`` seeds them: every ``numpy.random.RandomState``
 reachable through a MONAI or PIVOT object, list or dict under the dataset's ``transform``, keyed by its attribute
 path, so a resumed run with the same config restores each transform's stream. Nothing here imports ignite.
+
+**Loader workers.** With ``data.num_workers > 0`` the transforms run in the worker processes, whose streams the main
+process cannot read. Persistent workers (the default) are started once and their streams run on from epoch to
+epoch, so a resumed run's fresh workers draw other crops, and the DataLoader's extra draw of a worker base seed
+shifts the shuffle too. :class:`ItemSeedSampler` and :class:`ItemSeededDataset` make every item's randomness a
+function of the run's seed, the epoch and the item alone: the sampler shuffles with a generator of its own (saved in
+the checkpoint) and hands each index a seed; the dataset re-seeds the transforms from it before transforming the
+item, in whatever process that happens. A resumed run then continues bit for bit with any number of workers,
+persistent or not, and 0 and 2 workers give the same batches. :class:`ItemSeededLoader` is MONAI's ``DataLoader``
+with both in place (``_target_: pivot_monai.engines.rng.ItemSeededLoader`` for ``train#dataloader``).
 """
 
 from __future__ import annotations
@@ -18,7 +28,14 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["capture_rng", "restore_rng", "transform_random_states"]
+__all__ = [
+    "ItemSeedSampler",
+    "ItemSeededDataset",
+    "ItemSeededLoader",
+    "capture_rng",
+    "restore_rng",
+    "transform_random_states",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +92,8 @@ def capture_rng(loader: Any = None) -> dict[str, Any]:
     """The generator states of this process, and of ``loader`` (its ``generator`` and its dataset's transforms).
 
     Returns:
-        ``{"python", "numpy", "torch", "cuda", "loader_generator", "transforms"}``; tensors and plain values only.
+        ``{"python", "numpy", "torch", "cuda", "loader_generator", "transforms"}`` and, for an
+        :class:`ItemSeedSampler`, ``"sampler_generator"``; tensors and plain values only.
     """
     version, internal, gauss = random.getstate()
     state: dict[str, Any] = {
@@ -86,6 +104,9 @@ def capture_rng(loader: Any = None) -> dict[str, Any]:
     }
     generator = getattr(loader, "generator", None)
     state["loader_generator"] = generator.get_state() if isinstance(generator, torch.Generator) else None
+    sampler_generator = getattr(getattr(loader, "sampler", None), "item_seed_generator", None)
+    if isinstance(sampler_generator, torch.Generator):
+        state["sampler_generator"] = sampler_generator.get_state()
     transform = getattr(getattr(loader, "dataset", None), "transform", None)
     state["transforms"] = {k: _np_state(r.get_state()) for k, r in transform_random_states(transform).items()}
     return state
@@ -119,6 +140,12 @@ def restore_rng(state: Mapping[str, Any], loader: Any = None) -> list[str]:
         generator.set_state(torch.as_tensor(saved_gen, dtype=torch.uint8))
     elif (generator is None) != (saved_gen is None):
         missing.append("loader_generator")
+    sampler_generator = getattr(getattr(loader, "sampler", None), "item_seed_generator", None)
+    saved_sampler = state.get("sampler_generator")
+    if isinstance(sampler_generator, torch.Generator) and saved_sampler is not None:
+        sampler_generator.set_state(torch.as_tensor(saved_sampler, dtype=torch.uint8))
+    elif isinstance(sampler_generator, torch.Generator) or saved_sampler is not None:
+        missing.append("sampler_generator")
     saved = dict(state.get("transforms") or {})
     current = transform_random_states(getattr(getattr(loader, "dataset", None), "transform", None))
     for key, rs in current.items():
@@ -133,3 +160,102 @@ def restore_rng(state: Mapping[str, Any], loader: Any = None) -> list[str]:
             ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""),
         )
     return missing
+
+
+_SEED_RANGE = 2**31 - 1
+
+
+class ItemSeedSampler(torch.utils.data.Sampler):
+    """Shuffle like ``RandomSampler`` and give every index of the epoch a seed: yields ``(index, seed)`` pairs.
+
+    Both come from a generator of the sampler's own (:attr:`item_seed_generator`, seeded with ``seed`` and saved in
+    checkpoints by :func:`capture_rng`), so neither depends on how many draws the DataLoader itself made.
+    Use it with :class:`ItemSeededDataset` (module docstring).
+
+    Args:
+        data_source: the dataset (its length is used).
+        seed: the generator's seed (``training.seed``). Default 0.
+        shuffle: shuffle the indices each epoch. Default True.
+
+    Example:
+        >>> sampler = ItemSeedSampler(range(4), seed=1)
+        >>> sorted(i for i, _ in sampler)
+        [0, 1, 2, 3]
+    """
+
+    def __init__(self, data_source: Any, seed: int = 0, shuffle: bool = True) -> None:
+        self.data_source, self.shuffle = data_source, bool(shuffle)
+        self.item_seed_generator = torch.Generator().manual_seed(int(seed))
+
+    def __len__(self) -> int:
+        return len(self.data_source)
+
+    def __iter__(self):  # noqa: D105
+        n = len(self.data_source)
+        order = torch.randperm(n, generator=self.item_seed_generator) if self.shuffle else torch.arange(n)
+        seeds = torch.randint(_SEED_RANGE, (n,), generator=self.item_seed_generator)
+        return iter(zip(order.tolist(), seeds.tolist()))
+
+
+class ItemSeededDataset(torch.utils.data.Dataset):
+    """A dataset whose item ``(index, seed)`` is ``dataset[index]`` with its random transforms seeded from ``seed``.
+
+    Every ``RandomState`` under the dataset's ``transform`` (:func:`transform_random_states`, in a fixed order) is
+    seeded with ``seed + k`` before the item is made, so the crops and augmentations of an item depend on its seed
+    only, not on the process or the items before it. A plain index is passed through unchanged. Other attributes
+    (``transform``, ``data``...) are the wrapped dataset's.
+
+    Args:
+        dataset: the map-style dataset (a MONAI ``CacheDataset``).
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self._states: list[np.random.RandomState] | None = None
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("dataset", "_states"):  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, item: Any) -> Any:
+        if isinstance(item, tuple) and len(item) == 2:
+            index, seed = item
+            if self._states is None:  # found once per process: the transform objects do not change
+                states = transform_random_states(getattr(self.dataset, "transform", None))
+                self._states = [states[k] for k in sorted(states)]
+            for k, state in enumerate(self._states):
+                state.seed((int(seed) + k) % 2**32)
+            return self.dataset[int(index)]
+        return self.dataset[item]
+
+
+def _monai_loader() -> type:
+    from monai.data import DataLoader
+
+    return DataLoader
+
+
+class ItemSeededLoader(_monai_loader()):  # type: ignore[misc]
+    """MONAI's ``DataLoader`` with :class:`ItemSeededDataset` and :class:`ItemSeedSampler`: the training loader of a
+    run that resumes bit for bit with loader workers (module docstring).
+
+    Takes ``DataLoader``'s arguments. ``shuffle`` goes to the sampler, seeded from ``torch.initial_seed()`` (the
+    run's ``training.seed`` after ``set_determinism``); its state is saved in every checkpoint. A loader rebuilt with
+    an explicit ``sampler`` (``training.progressive``) keeps that sampler.
+
+    Example:
+        ``train#dataloader: {_target_: pivot_monai.engines.rng.ItemSeededLoader, dataset: ..., shuffle: true, ...}``
+    """
+
+    def __init__(self, dataset: Any, num_workers: int = 0, shuffle: bool = False, **kwargs: Any) -> None:
+        if not isinstance(dataset, ItemSeededDataset):
+            dataset = ItemSeededDataset(dataset)
+        if kwargs.get("sampler") is None and kwargs.get("batch_sampler") is None:
+            kwargs["sampler"] = ItemSeedSampler(dataset, seed=torch.initial_seed(), shuffle=shuffle)
+        elif shuffle:
+            raise ValueError("ItemSeededLoader: give shuffle or a sampler, not both")
+        super().__init__(dataset, num_workers=num_workers, **kwargs)
