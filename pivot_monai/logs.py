@@ -8,7 +8,7 @@ the bundle's ``configs/logging.conf``), and names the two classes of this module
   without breaking a live progress bar. Routine library lines (ignite's "Epoch[3] Complete", "Current learning
   rate", MONAI's per-iteration ``StatsHandler`` loss lines, the bundle runner's input summary) are shown as DEBUG:
   the per-epoch summary of :class:`~pivot_monai.handlers.progress.TrainingProgress` replaces them at INFO.
-* :class:`PivotFormatter` rounds the long floats of library messages (``best value: 0.8528138528138528``) to
+* :class:`PivotFormatter` rounds long floats in INFO lines (``best value: 0.8528138528138528``, a ``CPM %s``) to
   4 decimals.
 
 :func:`progress` is the tqdm bar of PIVOT's long loops (synth, preprocess, training epochs, infer, evaluate): live on
@@ -143,16 +143,19 @@ class ConsoleHandler(logging.StreamHandler):
 
 
 class PivotFormatter(logging.Formatter):
-    """``logging.Formatter`` that rounds long floats in library messages (:func:`round_floats`) and drops their
-    trailing newlines.
+    """``logging.Formatter`` that rounds long floats (:func:`round_floats`) in INFO and DEBUG lines, and drops the
+    trailing newlines of library messages (captured warnings end in one).
 
-    PIVOT's own messages (loggers under ``pivot_monai``) are formatted where they are written and pass unchanged.
+    Warnings and errors keep their numbers as written: they quote the values that arrived.
     """
 
     def formatMessage(self, record: logging.LogRecord) -> str:  # noqa: D102, N802 - logging's name
-        if not record.name.startswith("pivot_monai"):  # (captured warnings end in a newline)
+        text = record.message if record.name.startswith("pivot_monai") else record.message.rstrip()
+        if record.levelno <= logging.INFO:
+            text = round_floats(text)
+        if text != record.message:
             record = copy.copy(record)
-            record.message = round_floats(record.message.rstrip())
+            record.message = text
         return super().formatMessage(record)
 
 

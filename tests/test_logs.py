@@ -38,16 +38,18 @@ def test_long_library_floats_are_rounded_but_uids_paths_and_times_are_not():
     assert round_floats(kept) == kept
 
 
-def test_routine_engine_lines_are_debug_and_pivot_lines_pass_unchanged():
+def test_routine_engine_lines_are_debug_and_info_floats_are_rounded_but_not_in_errors():
     out = io.StringIO()
     handler = _console(out)
     _emit(handler, "ignite.engine.engine.SupervisedTrainer", "Epoch[3] Complete. Time taken: 00:00:02.067")
     _emit(handler, "monai.handlers.StatsHandler", "Epoch: 1/2, Iter: 2/8 -- train_loss: 0.5861 ")
     _emit(handler, "monai.handlers.StatsHandler", "Key metric: val_froc best value: 0.8528138528138528 at epoch: 1")
-    _emit(handler, "pivot_monai.metrics.froc", "CPM 0.8528138528138528")
+    _emit(handler, "pivot_monai.inference.evaluate", "evaluated 3 scan(s): CPM 0.8528138528138528, Dice 0.5")
+    _emit(handler, "pivot_monai.engines.validate", "lr must be <= 1, got 1.0000001", logging.ERROR)
     assert out.getvalue().splitlines() == [
         "INFO monai.handlers.StatsHandler: Key metric: val_froc best value: 0.8528 at epoch: 1",
-        "INFO pivot_monai.metrics.froc: CPM 0.8528138528138528",
+        "INFO pivot_monai.inference.evaluate: evaluated 3 scan(s): CPM 0.8528, Dice 0.5",
+        "ERROR pivot_monai.engines.validate: lr must be <= 1, got 1.0000001",
     ]
     verbose = io.StringIO()
     handler = _console(verbose, logging.DEBUG)
