@@ -21,7 +21,7 @@ class _LossWithComponents(torch.nn.MSELoss):
 
     def forward(self, pred, target):
         loss = super().forward(pred, target)
-        self.seen.append(float(loss))
+        self.seen.append(float(loss.detach()))
         self.last_components = {"detection": loss.detach() / 2, "total": loss.detach()}
         return loss
 
