@@ -17,8 +17,8 @@ index and the random states (:mod:`pivot_monai.engines.rng`). Files are written 
 * a path: continue from that checkpoint file.
 
 A run resumed from an end-of-epoch checkpoint continues bit for bit like an uninterrupted one where training is
-deterministic (CPU, ``data.num_workers: 0``, the same thread count); with loader workers, the workers' random
-streams restart from their seeds, so augmentations differ. A mid-epoch checkpoint (written by a graceful stop)
+deterministic (CPU, the same thread count), with any number of loader workers: train.yaml's
+:class:`~pivot_monai.engines.rng.ItemSeededLoader` seeds each item from a generator the checkpoint saves. A mid-epoch checkpoint (written by a graceful stop)
 resumes with the rest of that epoch's iterations on a fresh pass of the loader.
 
 :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``) with atomic
