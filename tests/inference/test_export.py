@@ -123,6 +123,8 @@ def test_monai_ckpt_export_scripts_the_network_with_its_maps_stacked(tiny_checkp
         ckpt_file=str(tiny_checkpoint),
         meta_file=str(REPO_ROOT / "bundle/configs/metadata.json"),
         config_file=[str(REPO_ROOT / "bundle/configs/train.yaml"), str(REPO_ROOT / "bundle/configs/inference.yaml")],
+        # the network is built from this checkpoint's settings, never from a bundle/models/model.pt of the checkout
+        checkpoint=str(tiny_checkpoint),
         **{"model#base_filters": 4, "model#depth": 2},
     )
     extra = {"metadata.json": "", "inference.json": ""}
