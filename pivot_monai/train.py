@@ -28,17 +28,17 @@ from pivot_monai.engines.memory import check_training_memory
 from pivot_monai.engines.runs import DEFAULT_EXPERIMENT, RUNS_DIR, stop_logging_to_file
 from pivot_monai.engines.validate import validate_training_config
 
-__all__ = ["run_training_workflow", "train"]
+__all__ = ["initialize_training_workflow", "run_training_workflow", "train"]
 
 
-def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: Mapping[str, Any] | None = None) -> Any:
-    """Run the bundle's ``training`` workflow on an in-memory config (initialize -> training -> finalize).
+def initialize_training_workflow(
+    config: dict[str, Any], config_dir: Path, overrides: Mapping[str, Any] | None = None
+) -> Any:
+    """The bundle's ``training`` workflow on an in-memory config, written to ``config_dir/config_resolved.yaml`` and
+    initialised (everything up to the trainer's start).
 
     Errors raised inside config expressions come out as themselves, not under MONAI's "Failed to evaluate
     ConfigExpression" (:func:`pivot_monai.config.bundle.bundle_errors`), so ``pivot`` reports them in one line.
-
-    Raises:
-        ValueError: the config lacks a property the bundle's train workflow requires; or what an expression raised.
     """
     from monai.bundle import ConfigWorkflow
 
@@ -57,6 +57,20 @@ def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: M
     )
     with bundle_errors():
         workflow.initialize()
+    return workflow
+
+
+def run_training_workflow(config: dict[str, Any], config_dir: Path, overrides: Mapping[str, Any] | None = None) -> Any:
+    """Run the bundle's ``training`` workflow on an in-memory config (initialize -> training -> finalize).
+
+    Raises:
+        ValueError: the config lacks a property the bundle's train workflow requires; or what an expression raised
+            (:func:`initialize_training_workflow`).
+    """
+    from pivot_monai.config.bundle import bundle_errors
+
+    workflow = initialize_training_workflow(config, config_dir, overrides)
+    with bundle_errors():
         missing = workflow.check_properties()
         if missing:
             raise ValueError(f"bundle config lacks required properties {missing}")

@@ -13,9 +13,8 @@ import shutil
 
 import pytest
 import torch
-import yaml
 
-from pivot_monai.config import default_config_path, load_config
+from pivot_monai.config import load_config
 from pivot_monai.engines.validate import validate_training_config
 from tests.config.guide_blocks import block
 
@@ -32,27 +31,14 @@ def guide_folder(tiny_processed, tmp_path_factory):
 
 def _initialise(config, folder):
     """What ``pivot train --config`` runs, up to the trainer's start: merged, validated, the workflow initialised."""
-    from monai.bundle import ConfigWorkflow
-
-    from pivot_monai.config.bundle import bundle_errors
+    from pivot_monai.train import initialize_training_workflow
 
     cwd = os.getcwd()
     os.chdir(folder)
     try:
         merged = load_config(config)
         validate_training_config(merged)
-        resolved = folder / "config_resolved.yaml"
-        resolved.write_text(yaml.safe_dump(merged, sort_keys=False))
-        workflow = ConfigWorkflow(
-            config_file=str(resolved),
-            meta_file=str(default_config_path("metadata.json")),
-            logging_file=str(default_config_path("logging.conf")),
-            workflow_type="train",
-            run_id="training",
-        )
-        with bundle_errors():
-            workflow.initialize()
-        return workflow
+        return initialize_training_workflow(merged, folder)
     finally:
         os.chdir(cwd)
 
