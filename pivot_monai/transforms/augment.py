@@ -23,9 +23,22 @@ from monai.transforms import (
     Transform,
 )
 
+from pivot_monai.transforms.appearance import RandCorrelatedNoised, RandLesionContrastd
+
 __all__ = ["AUGMENTATION_KEYS", "build_augmentation"]
 
-AUGMENTATION_KEYS = ("enabled", "flip", "rotation", "scaling", "noise", "elastic", "intensity", "smooth", "sharpen")
+AUGMENTATION_KEYS = (
+    "enabled",
+    "flip",
+    "rotation",
+    "scaling",
+    "noise",
+    "elastic",
+    "lesion_contrast",
+    "intensity",
+    "smooth",
+    "sharpen",
+)
 
 
 def _prob(cfg: Mapping[str, Any], name: str) -> float:
@@ -51,13 +64,18 @@ def build_augmentation(
 
     Args:
         cfg: ``{"enabled", "flip": {prob, axes}, "rotation": {prob, max_angle (degrees)},
-            "scaling": {prob, scale_range}, "noise": {prob, mean, std, sample_std}, "elastic": {prob, sigma_range,
-            magnitude_range}, "intensity": {prob, shift, scale}, "smooth": {prob, sigma_range},
-            "sharpen": {prob, alpha_range}}``. A section with ``prob: 0`` adds nothing. The last three imitate
-            other scanners (attenuation offsets and gains, soft and sharp reconstruction kernels): the image is
-            the HU window scaled to [0, 1], so a ``shift`` of 0.03 is about 40 HU. ``noise.std`` is the largest
-            standard deviation; each draw picks one in ``[0, std]`` (dose varies), or exactly ``std`` with
-            ``noise.sample_std: false`` (the guide's ``noise_std``).
+            "scaling": {prob, scale_range}, "noise": {prob, mean, std, sample_std, texture_sigma},
+            "elastic": {prob, sigma_range, magnitude_range}, "lesion_contrast": {prob, factor_range},
+            "intensity": {prob, shift, scale}, "smooth": {prob, sigma_range}, "sharpen": {prob, alpha_range}}``.
+            A section with ``prob: 0`` adds nothing. The last three imitate other scanners (attenuation offsets and
+            gains, soft and sharp reconstruction kernels): the image is the HU window scaled to [0, 1], so a
+            ``shift`` of 0.03 is about 40 HU. ``noise.std`` is the largest standard deviation; each draw picks one
+            in ``[0, std]`` (dose varies), or exactly ``std`` with ``noise.sample_std: false`` (the guide's
+            ``noise_std``). ``noise.texture_sigma: [low, high]`` correlates the noise with a Gaussian of a width
+            drawn in that range (voxels; CT grain: :class:`~pivot_monai.transforms.appearance.RandCorrelatedNoised`);
+            absent or ``[0, 0]``, the noise is white. ``lesion_contrast`` scales each labelled nodule's contrast
+            against the lung around it by a factor drawn per nodule (faint ground glass to dense solid), before the
+            noise is added.
         image_key: image key (bilinear). label_key: instance label key (nearest).
 
     Raises:
@@ -118,22 +136,46 @@ def build_augmentation(
                 padding_mode="zeros",
             )
         )
+    lesion = cfg.get("lesion_contrast") or {}
+    if _prob(lesion, "lesion_contrast") > 0:
+        factors = _pair(lesion.get("factor_range", (0.5, 1.2)), "lesion_contrast.factor_range")
+        out.append(RandLesionContrastd([image_key], label_key, prob=lesion["prob"], factor_range=factors))
     noise = cfg.get("noise") or {}
     if _prob(noise, "noise") > 0:
-        std = float(noise.get("std", 0.02))
-        if std < 0:
-            raise ValueError(f"augmentation.noise.std must be >= 0, got {std}")
-        out.append(
-            RandGaussianNoised(
-                [image_key],
-                prob=noise["prob"],
-                mean=float(noise.get("mean", 0.0)),
-                std=std,
-                sample_std=bool(noise.get("sample_std", True)),
-            )
-        )
+        out.append(_noise(noise, image_key))
     out += _scanner_augmentation(cfg, image_key)
     return out
+
+
+def _noise(noise: Mapping[str, Any], image_key: str) -> Transform:
+    """White (MONAI) or correlated noise for the ``noise`` section."""
+    unknown = sorted(set(noise) - {"prob", "mean", "std", "sample_std", "texture_sigma"})
+    if unknown:
+        raise ValueError(
+            f"augmentation.noise: unknown key(s) {unknown}; valid: prob, mean, std, sample_std, texture_sigma"
+        )
+    std = float(noise.get("std", 0.02))
+    if std < 0:
+        raise ValueError(f"augmentation.noise.std must be >= 0, got {std}")
+    texture = noise.get("texture_sigma")
+    if texture is not None:
+        lo, hi = _pair(texture, "noise.texture_sigma", positive=False)
+        if lo < 0:
+            raise ValueError(f"augmentation.noise.texture_sigma must be [low, high] voxels >= 0, got {list(texture)}")
+        if hi > 0:
+            if float(noise.get("mean", 0.0)) != 0.0 or not noise.get("sample_std", True):
+                raise ValueError(
+                    "augmentation.noise: texture_sigma draws the deviation in [0, std] around a zero mean; "
+                    "remove mean / sample_std: false, or texture_sigma"
+                )
+            return RandCorrelatedNoised([image_key], prob=noise["prob"], std=std, sigma_range=(lo, hi))
+    return RandGaussianNoised(
+        [image_key],
+        prob=noise["prob"],
+        mean=float(noise.get("mean", 0.0)),
+        std=std,
+        sample_std=bool(noise.get("sample_std", True)),
+    )
 
 
 def _scanner_augmentation(cfg: Mapping[str, Any], image_key: str) -> list[Transform]:

@@ -509,3 +509,17 @@ def test_a_patch_too_large_for_the_machine_is_refused_before_training(monkeypatc
     message = str(exc.value)
     assert "cannot fit" in message and "data.patch_size [256, 256, 256]" in message
     assert "training.batch_size" in message and "RAM has 24.0 GiB available" in message and "\n" not in message
+
+
+def test_the_bundle_command_refuses_a_step_that_cannot_fit_before_building_anything(tmp_path):
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    args += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "no-data"), "--device#type", "cpu"]
+    args += ["--data#patch_size", "[512, 512, 512]", "--training#batch_size", "8"]
+    res = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    out = res.stdout + res.stderr
+    assert res.returncode != 0 and "cannot fit" in out and "data.patch_size [512, 512, 512]" in out, out[-2000:]
+    assert "Traceback" not in out and not (tmp_path / "models").exists()  # refused before the trainer was built
