@@ -16,12 +16,23 @@ the checkpoint) and hands each index a seed; the dataset re-seeds the transforms
 item, in whatever process that happens. A resumed run then continues bit for bit with any number of workers,
 persistent or not, and 0 and 2 workers give the same batches. :class:`ItemSeededLoader` is MONAI's ``DataLoader``
 with both in place (``_target_: pivot_monai.engines.rng.ItemSeededLoader`` for ``train#dataloader``).
+
+**Stop signals.** ``timeout``, Slurm and a terminal's Ctrl-C signal the whole process group, loader workers included.
+A worker killed by SIGTERM makes the main process's next batch fail with "DataLoader worker ... is killed", before
+the graceful stop (:mod:`pivot_monai.handlers.graceful_stop`) can finish the iteration and write its checkpoint.
+:func:`worker_init_ignoring_stop_signals` makes the workers ignore SIGINT, and SIGTERM from anyone but their parent:
+the main process alone decides, and still ends its workers with SIGTERM when it exits (``multiprocessing``
+terminates daemon workers at exit). Python's signal handlers cannot see who sent a signal, so a thread of the
+worker takes SIGTERM with ``sigwaitinfo``, which reports the sender (Linux; elsewhere SIGTERM keeps its default).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -35,6 +46,7 @@ __all__ = [
     "capture_rng",
     "restore_rng",
     "transform_random_states",
+    "worker_init_ignoring_stop_signals",
 ]
 
 logger = logging.getLogger(__name__)
@@ -233,6 +245,27 @@ class ItemSeededDataset(torch.utils.data.Dataset):
         return self.dataset[item]
 
 
+def _exit_on_sigterm_from(parent: int) -> None:
+    """Wait for SIGTERM (blocked in every thread); exit when the parent sent it, ignore it from anyone else."""
+    while True:
+        info = signal.sigwaitinfo({signal.SIGTERM})
+        if info.si_pid == parent or os.getppid() != parent:
+            os._exit(0)  # the loader's own shutdown: nothing of the worker needs saving
+
+
+def worker_init_ignoring_stop_signals(worker_id: int) -> None:
+    """A DataLoader ``worker_init_fn``: stop signals belong to the main process (module docstring), then MONAI's
+    worker seeding."""
+    from monai.data.utils import worker_init_fn
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo") and hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # threads started later inherit the mask
+        threading.Thread(target=_exit_on_sigterm_from, args=(os.getppid(),), daemon=True).start()
+    if torch.utils.data.get_worker_info() is not None:  # MONAI seeds the worker's dataset transforms
+        worker_init_fn(worker_id)
+
+
 def _monai_loader() -> type:
     from monai.data import DataLoader
 
@@ -243,7 +276,8 @@ class ItemSeededLoader(_monai_loader()):  # type: ignore[misc]
     """MONAI's ``DataLoader`` with :class:`ItemSeededDataset` and :class:`ItemSeedSampler`: the training loader of a
     run that resumes bit for bit with loader workers (module docstring).
 
-    Takes ``DataLoader``'s arguments. ``shuffle`` goes to the sampler, seeded from ``torch.initial_seed()`` (the
+    Takes ``DataLoader``'s arguments; workers ignore stop signals unless a ``worker_init_fn`` is given (module
+    docstring). ``shuffle`` goes to the sampler, seeded from ``torch.initial_seed()`` (the
     run's ``training.seed`` after ``set_determinism``); its state is saved in every checkpoint. A loader rebuilt with
     an explicit ``sampler`` (``training.progressive``) keeps that sampler.
 
@@ -258,4 +292,5 @@ class ItemSeededLoader(_monai_loader()):  # type: ignore[misc]
             kwargs["sampler"] = ItemSeedSampler(dataset, seed=torch.initial_seed(), shuffle=shuffle)
         elif shuffle:
             raise ValueError("ItemSeededLoader: give shuffle or a sampler, not both")
+        kwargs.setdefault("worker_init_fn", worker_init_ignoring_stop_signals)
         super().__init__(dataset, num_workers=num_workers, **kwargs)

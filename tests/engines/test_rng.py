@@ -1,7 +1,15 @@
-"""engines.rng with loader workers: per-item seeds make batches independent of worker count and persistence, and a
-loader restored from a checkpoint's states continues as the uninterrupted one."""
+"""engines.rng with loader workers: per-item seeds make batches independent of worker count and persistence, a
+loader restored from a checkpoint's states continues as the uninterrupted one, and stop signals belong to the main
+process."""
 
 from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -10,6 +18,7 @@ from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, RandGaussianNoised, RandSpatialCropd
 
 from pivot_monai.engines.rng import ItemSeededLoader, ItemSeedSampler, capture_rng, restore_rng
+from tests.conftest import REPO_ROOT
 
 
 def _dataset() -> Dataset:
@@ -67,3 +76,48 @@ def test_a_progressive_stage_rebuilds_the_loader_with_the_same_sampler():
     rebuilt = rebuild_dataloader(loader, batch_size=4)
     assert type(rebuilt) is ItemSeededLoader and rebuilt.sampler is loader.sampler and rebuilt.dataset is loader.dataset
     assert [b["image"].shape[0] for b in rebuilt] == [4, 4]
+
+
+_WORKER_SCRIPT = """
+import multiprocessing as mp, os, signal, sys, time
+from pivot_monai.engines.rng import worker_init_ignoring_stop_signals
+
+def work():
+    worker_init_ignoring_stop_signals(0)
+    print("ready", flush=True)
+    time.sleep(60)
+
+if __name__ == "__main__":
+    ctx = mp.get_context("fork")
+    w = ctx.Process(target=work, daemon=True)
+    w.start()
+    print(w.pid, flush=True)
+    sys.stdin.readline()  # the test has signalled the worker as an outsider
+    print("alive" if w.is_alive() else "dead", flush=True)
+    w.terminate()  # the parent's SIGTERM, as multiprocessing sends to daemon workers at exit
+    w.join(10)
+    print("ended" if not w.is_alive() else "hung", flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(signal, "sigwaitinfo"), reason="sigwaitinfo (Linux)")
+def test_a_loader_worker_ignores_sigterm_from_others_but_ends_on_its_parents():
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WORKER_SCRIPT], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO_ROOT
+    )
+    watchdog = threading.Timer(60, proc.kill)  # a worker that died early leaves the reads below waiting
+    watchdog.start()
+    try:
+        worker = int(proc.stdout.readline())
+        assert proc.stdout.readline().strip() == "ready"
+        os.kill(worker, signal.SIGTERM)  # a group signal from `timeout` or Slurm reaches the worker like this
+        os.kill(worker, signal.SIGINT)
+        time.sleep(0.5)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().strip() == "alive"
+        assert proc.stdout.readline().strip() == "ended"
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait(10)

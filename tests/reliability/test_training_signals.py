@@ -21,13 +21,20 @@ TRAIN_YAML = REPO_ROOT / "bundle" / "configs" / "train.yaml"
 class _Run:
     """``python -m monai.bundle run training`` in a subprocess, its merged output collected line by line."""
 
-    def __init__(self, dataset: Path, bundle_root: Path, *extra: str) -> None:
+    def __init__(self, dataset: Path, bundle_root: Path, *extra: str, new_session: bool = False) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
         env["PIVOT_LOG_LEVEL"] = "DEBUG"  # the per-iteration lines these tests wait for are DEBUG
         args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(TRAIN_YAML)]
         args += ["--bundle_root", str(bundle_root), "--dataset_dir", str(dataset), *TINY_OVERRIDES, *extra]
         self.proc = subprocess.Popen(
-            args, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace"
+            args,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            errors="replace",
+            start_new_session=new_session,  # its own process group, as under `timeout`
         )
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -147,3 +154,13 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
     assert names == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt"]
     ids = {torch.load(tmp_path / "run" / "models" / n, weights_only=True)["pivot"]["run_id"] for n in names}
     assert len(ids) == 1
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_still_stops_gracefully(tiny_processed, tmp_path):
+    """``timeout`` and Slurm signal the whole group: the loader workers must not die before the checkpoint."""
+    run = _Run(tiny_processed, tmp_path / "b", *_SIGTERM_RUN, "--data#num_workers", "1", new_session=True)
+    run.wait_for("Epoch: 1/2, Iter: 1/4")
+    os.killpg(run.proc.pid, signal.SIGTERM)  # what `timeout 60 python -m monai.bundle run ...` does
+    assert run.finish() == 143, run.log[-3000:]
+    assert len(run.matching("stopped by SIGTERM")) == 1 and "Traceback" not in run.log, run.log[-3000:]
+    assert len(list((tmp_path / "b" / "models").glob("checkpoint_epoch=1_iteration=*.pt"))) == 1
