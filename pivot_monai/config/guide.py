@@ -253,6 +253,7 @@ def _augmentation(aug: dict[str, Any], m: _Mapping) -> None:
     if isinstance(noise, dict) and "noise_std" in noise:
         _rename(noise, "noise_std", "std", m, "augmentation.noise")
         noise.setdefault("sample_std", False)  # the guide's noise has this standard deviation, not up to it
+        noise.setdefault("texture_sigma", [0.0, 0.0])  # and is white, MONAI's RandGaussianNoise
     elastic = aug.get("elastic")
     if isinstance(elastic, dict):  # Simard's alpha (offset scale, voxels) and sigma (smoothing) = MONAI's ranges
         for guide_key, key in (("alpha", "magnitude_range"), ("sigma", "sigma_range")):

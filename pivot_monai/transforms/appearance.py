@@ -49,6 +49,8 @@ class RandCorrelatedNoised(RandomizableTransform, MapTransform):
             [-1000, 400] window); each draw picks one in ``[0, std]``. Default 0.04.
         sigma_range: ``(low, high)`` width in voxels of the Gaussian that correlates the noise; each draw picks one
             (below 0.3 the noise stays white). Default (0.0, 1.2).
+        mean: mean of the added noise. Default 0.0.
+        sample_std: draw the deviation in ``[0, std]`` (True) or always use ``std`` (False). Default True.
         allow_missing_keys: skip missing keys. Default False.
 
     Example:
@@ -64,10 +66,13 @@ class RandCorrelatedNoised(RandomizableTransform, MapTransform):
         prob: float = 0.1,
         std: float = 0.04,
         sigma_range: Sequence[float] = (0.0, 1.2),
+        mean: float = 0.0,
+        sample_std: bool = True,
         allow_missing_keys: bool = False,
     ) -> None:
         MapTransform.__init__(self, keys, allow_missing_keys)
         RandomizableTransform.__init__(self, prob)
+        self.mean, self.sample_std = float(mean), bool(sample_std)
         lo, hi = (float(v) for v in sigma_range)
         if std < 0 or not 0 <= lo <= hi:
             raise ValueError(f"noise: std must be >= 0 and sigma_range 0 <= low <= high, got {std} and {[lo, hi]}")
@@ -76,13 +81,13 @@ class RandCorrelatedNoised(RandomizableTransform, MapTransform):
 
     def randomize(self, data: Any = None) -> None:
         super().randomize(None)
-        self._std = float(self.R.uniform(0.0, self.std))
+        self._std = float(self.R.uniform(0.0, self.std)) if self.sample_std else self.std
         self._sigma = float(self.R.uniform(*self.sigma_range))
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         self.randomize()
-        if not self._do_transform or self._std == 0.0:
+        if not self._do_transform or (self._std == 0.0 and self.mean == 0.0):
             return d
         for key in self.key_iterator(d):
             image = _as_array(d[key]).astype(np.float32)
@@ -91,6 +96,7 @@ class RandCorrelatedNoised(RandomizableTransform, MapTransform):
                 # per channel, spatial axes only
                 noise = ndi.gaussian_filter(noise, sigma=(0.0,) + (self._sigma,) * (noise.ndim - 1))
             noise *= self._std / max(float(noise.std()), 1e-8)
+            noise += self.mean
             d[key] = _like(image + noise, d[key])
         return d
 

@@ -163,12 +163,14 @@ def _noise(noise: Mapping[str, Any], image_key: str) -> Transform:
         if lo < 0:
             raise ValueError(f"augmentation.noise.texture_sigma must be [low, high] voxels >= 0, got {list(texture)}")
         if hi > 0:
-            if float(noise.get("mean", 0.0)) != 0.0 or not noise.get("sample_std", True):
-                raise ValueError(
-                    "augmentation.noise: texture_sigma draws the deviation in [0, std] around a zero mean; "
-                    "remove mean / sample_std: false, or texture_sigma"
-                )
-            return RandCorrelatedNoised([image_key], prob=noise["prob"], std=std, sigma_range=(lo, hi))
+            return RandCorrelatedNoised(
+                [image_key],
+                prob=noise["prob"],
+                std=std,
+                sigma_range=(lo, hi),
+                mean=float(noise.get("mean", 0.0)),
+                sample_std=bool(noise.get("sample_std", True)),
+            )
     return RandGaussianNoised(
         [image_key],
         prob=noise["prob"],

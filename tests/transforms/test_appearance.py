@@ -39,6 +39,13 @@ def test_correlated_noise_strength_is_drawn_up_to_std_and_seeded():
     assert float(again({"image": torch.zeros(1, 16, 16, 16)})["image"].std()) == pytest.approx(stds[0])
 
 
+def test_correlated_noise_with_a_fixed_deviation_and_mean():
+    t = RandCorrelatedNoised("image", prob=1.0, std=0.03, sigma_range=(0.8, 0.8), mean=0.1, sample_std=False)
+    t.set_random_state(0)
+    out = t({"image": torch.zeros(1, 24, 24, 24)})["image"]
+    assert float(out.std()) == pytest.approx(0.03, rel=1e-3) and float(out.mean()) == pytest.approx(0.1, abs=5e-3)
+
+
 def test_correlated_noise_at_probability_zero_leaves_the_image():
     img = torch.rand(1, 8, 8, 8)
     out = RandCorrelatedNoised("image", prob=0.0, std=0.1)({"image": img})["image"]
@@ -92,7 +99,6 @@ def test_augmentation_section_builds_the_appearance_transforms():
     ("cfg", "key"),
     [
         ({"noise": {"prob": 0.5, "texture_sigma": [1.0, 0.5]}}, "augmentation.noise.texture_sigma"),
-        ({"noise": {"prob": 0.5, "texture_sigma": [0.0, 1.0], "sample_std": False}}, "texture_sigma"),
         ({"noise": {"prob": 0.5, "grain": 1.0}}, "augmentation.noise: unknown key"),
         ({"lesion_contrast": {"prob": 0.5, "factor_range": [0.0, 1.0]}}, "augmentation.lesion_contrast.factor_range"),
         ({"lesion_contrast": {"prob": 2.0}}, "augmentation.lesion_contrast.prob"),
