@@ -41,6 +41,7 @@ import torch
 import torch.nn as nn
 from monai.utils import optional_import
 
+from pivot_monai.files import atomic_output_path
 from pivot_monai.networks import OUTPUT_KEYS
 from pivot_monai.networks.checkpoint import load_model, save_model
 from pivot_monai.networks.metadata import (
@@ -216,9 +217,11 @@ def export_torchscript(
     extra: dict[str, Any] = {TORCHSCRIPT_FILE: json.dumps(meta)}
     if fpr is not None:
         extra[TORCHSCRIPT_CLASSIFIER_FILE] = classifier_bytes(fpr)
-    torch.jit.save(ts, str(path), _extra_files=extra)
-    with torch.no_grad():
-        diff = _compare(net(x), torch.jit.load(str(path))(x), atol, str(path))
+    # written beside the target, checked, then renamed: a kill or a failed check leaves the previous file
+    with atomic_output_path(path) as tmp:
+        torch.jit.save(ts, str(tmp), _extra_files=extra)
+        with torch.no_grad():
+            diff = _compare(net(x), torch.jit.load(str(tmp))(x), atol, str(path))
     logger.info("TorchScript model written to %s (max |diff| to eager %.2g)", path, diff)
     return path
 
@@ -264,26 +267,28 @@ def export_onnx(
     spatial = {0: "batch", 2: "x", 3: "y", 4: "z"}
     dynamic = {"image": spatial, **{k: {0: "batch", 2: "out_x", 3: "out_y", 4: "out_z"} for k in OUTPUT_KEYS}}
     wrapper = _TupleOutputs(net).eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
-        torch.onnx.export(
-            wrapper,
-            (x,),
-            str(path),
-            input_names=["image"],
-            output_names=list(OUTPUT_KEYS),
-            opset_version=int(opset),
-            dynamic_axes=dynamic,
-            dynamo=False,
-        )
     fpr = _classifier(checkpoint, classifier)
-    _add_onnx_metadata(path, model_description(checkpoint, model_cfg, patch_size, sections, fpr), fpr)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    diff = 0.0
-    for example in (x, _example((2 * x.shape[2], *x.shape[3:]), batch=2, seed=1)):
-        outputs = dict(zip(OUTPUT_KEYS, session.run(list(OUTPUT_KEYS), {"image": example.numpy()})))
-        with torch.no_grad():
-            diff = max(diff, _compare(net(example), outputs, atol, f"{path} at input {list(example.shape)}"))
+    # as for TorchScript: written beside the target and checked there; the previous file stays until it passes
+    with atomic_output_path(path) as tmp:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript-based exporter warns about its own deprecation
+            torch.onnx.export(
+                wrapper,
+                (x,),
+                str(tmp),
+                input_names=["image"],
+                output_names=list(OUTPUT_KEYS),
+                opset_version=int(opset),
+                dynamic_axes=dynamic,
+                dynamo=False,
+            )
+        _add_onnx_metadata(tmp, model_description(checkpoint, model_cfg, patch_size, sections, fpr), fpr)
+        session = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"])
+        diff = 0.0
+        for example in (x, _example((2 * x.shape[2], *x.shape[3:]), batch=2, seed=1)):
+            outputs = dict(zip(OUTPUT_KEYS, session.run(list(OUTPUT_KEYS), {"image": example.numpy()})))
+            with torch.no_grad():
+                diff = max(diff, _compare(net(example), outputs, atol, f"{path} at input {list(example.shape)}"))
     logger.info("ONNX model (opset %d) written to %s (max |diff| to eager %.2g)", opset, path, diff)
     return path
 

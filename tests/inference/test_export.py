@@ -49,6 +49,23 @@ def test_onnx_export_matches_eager_with_dynamic_axes_and_named_outputs(tmp_path)
     assert ref["heatmap"].shape[2:] == (8, 16, 12)
 
 
+@pytest.mark.parametrize("export", [export_torchscript, export_onnx])
+def test_an_export_that_fails_its_check_leaves_the_previous_file(export, tiny_checkpoint, tmp_path, monkeypatch):
+    from pivot_monai.inference import export as export_module
+
+    out = tmp_path / ("model.ts" if export is export_torchscript else "model.onnx")
+    out.write_bytes(b"previous export")
+
+    def fail(*args, **kwargs):
+        raise export_module.ExportError("outputs differ")
+
+    monkeypatch.setattr(export_module, "_compare", fail)
+    with pytest.raises(export_module.ExportError):
+        export(tiny_checkpoint, TINY_MODEL, out, (16, 16, 16))
+    assert out.read_bytes() == b"previous export"
+    assert not [p.name for p in tmp_path.iterdir() if ".tmp" in p.name]  # the failed export's temporary is gone
+
+
 def test_checkpoint_that_does_not_fit_the_model_config_names_the_file(tiny_checkpoint):
     with pytest.raises(ValueError, match=r"model\.pt.*do not match"):
         load_model(tiny_checkpoint, {**TINY_MODEL, "base_filters": 8})
