@@ -18,8 +18,9 @@ index and the random states (:mod:`pivot_monai.engines.rng`). Files are written 
 
 A run resumed from an end-of-epoch checkpoint continues bit for bit like an uninterrupted one where training is
 deterministic (CPU, the same thread count), with any number of loader workers: train.yaml's
-:class:`~pivot_monai.engines.rng.ItemSeededLoader` seeds each item from a generator the checkpoint saves. A mid-epoch checkpoint (written by a graceful stop)
-resumes with the rest of that epoch's iterations on a fresh pass of the loader.
+:class:`~pivot_monai.engines.rng.ItemSeededLoader` seeds each item from a generator the checkpoint saves. A
+mid-epoch checkpoint (written by a graceful stop) resumes with the rest of that epoch's iterations on a fresh pass
+of the loader.
 
 :class:`AtomicCheckpointSaver` is MONAI's ``CheckpointSaver`` (``model.pt``, ``model_best.pt``) with atomic
 writes: the old file stays in place until the new one is complete.
