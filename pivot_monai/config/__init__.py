@@ -84,12 +84,22 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not a mapping at top level.
+        ValueError: the file is not valid YAML (the message gives the line and column), or not a mapping at top
+            level.
     """
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: config file not found")
-    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        start = getattr(err, "context_mark", None)
+        if start is not None and getattr(err, "context", None):
+            problem += f" ({err.context} that starts at line {start.line + 1}, column {start.column + 1})"
+        raise ValueError(f"{p}: not valid YAML{where}: {problem}; fix the syntax there") from err
     if not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of config sections at top level, got {type(data).__name__}")
     return data

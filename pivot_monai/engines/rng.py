@@ -18,8 +18,9 @@ persistent or not, and 0 and 2 workers give the same batches. :class:`ItemSeeded
 with both in place (``_target_: pivot_monai.engines.rng.ItemSeededLoader`` for ``train#dataloader``).
 
 **Stop signals.** ``timeout``, Slurm and a terminal's Ctrl-C signal the whole process group, loader workers included.
-A worker killed by SIGTERM makes the main process's next batch fail with "DataLoader worker ... is killed", before
-the graceful stop (:mod:`pivot_monai.handlers.graceful_stop`) can finish the iteration and write its checkpoint.
+A worker killed by SIGTERM while the main process waits for its batch fails that batch ("DataLoader worker ...
+exited unexpectedly") before the graceful stop (:mod:`pivot_monai.handlers.graceful_stop`) can finish the iteration
+and write its checkpoint.
 :func:`worker_init_ignoring_stop_signals` makes the workers ignore SIGINT, and SIGTERM from anyone but their parent:
 the main process alone decides, and still ends its workers with SIGTERM when it exits (``multiprocessing``
 terminates daemon workers at exit). Python's signal handlers cannot see who sent a signal, so a thread of the

@@ -523,3 +523,14 @@ def test_the_bundle_command_refuses_a_step_that_cannot_fit_before_building_anyth
     out = res.stdout + res.stderr
     assert res.returncode != 0 and "cannot fit" in out and "data.patch_size [512, 512, 512]" in out, out[-2000:]
     assert "Traceback" not in out and not (tmp_path / "models").exists()  # refused before the trainer was built
+
+
+def test_a_yaml_syntax_error_in_the_config_is_one_line_with_its_position(tmp_path, caplog):
+    config = tmp_path / "my.yaml"
+    config.write_text("training:\n  epochs: [1\n")
+    with caplog.at_level(logging.ERROR):
+        code = main(["train", "--config", str(config)])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert code == 2 and len(errors) == 1, errors
+    assert f"{config}: not valid YAML at line 3" in errors[0] and "starts at line 2, column 11" in errors[0]
+    assert "\n" not in errors[0]
