@@ -92,7 +92,10 @@ class NoduleTargetsd(MapTransform):
     Args:
         label_key: key of the (1, X, Y, Z) instance label. Default ``"label"``.
         spacing: voxel size in mm of the processed data (isotropic or not).
-        sigma_scale: heatmap Gaussian sigma as a fraction of the nodule radius. Default 0.5.
+        sigma_scale: heatmap Gaussian sigma as a fraction of the nodule radius. Default 0.5. ``0`` gives every
+            nodule the same Gaussian (``min_sigma_vox``): the focal loss is normalised by the target mass, so with
+            size-scaled Gaussians a 20 mm nodule outweighs a 4 mm one about 30-fold, and a fixed sigma weighs each
+            nodule equally.
         min_sigma_vox: smallest sigma in voxels. Default 1.0.
 
     Every output is ``(1, X, Y, Z)`` float32. ``diameter`` (mm) and ``malignancy`` (0/1) are set on nodule voxels
@@ -109,8 +112,10 @@ class NoduleTargetsd(MapTransform):
         min_sigma_vox: float = 1.0,
     ) -> None:
         super().__init__([label_key])
-        if sigma_scale <= 0 or min_sigma_vox <= 0:
-            raise ValueError(f"sigma_scale and min_sigma_vox must be > 0, got {sigma_scale}, {min_sigma_vox}")
+        if sigma_scale < 0 or min_sigma_vox <= 0:
+            raise ValueError(
+                f"data.heatmap: sigma_scale must be >= 0 and min_sigma_voxels > 0, got {sigma_scale}, {min_sigma_vox}"
+            )
         self.label_key = label_key
         self.spacing = np.asarray(spacing, dtype=float)
         self.sigma_scale, self.min_sigma_vox = sigma_scale, min_sigma_vox

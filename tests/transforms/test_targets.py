@@ -46,8 +46,27 @@ def test_heatmap_sigma_follows_sigma_scale_above_the_minimum():
     # at scale 0.1 sigma (0.4 voxels) is raised to min_sigma_vox
     floor = NoduleTargetsd(spacing=(1.5,) * 3, sigma_scale=0.1, min_sigma_vox=1.0)(_item())["heatmap"].sum()
     assert float(floor) == pytest.approx(masses[0.25], rel=1e-6)
-    with pytest.raises(ValueError, match="sigma_scale and min_sigma_vox must be > 0"):
-        NoduleTargetsd(sigma_scale=0.0)
+    with pytest.raises(ValueError, match="sigma_scale must be >= 0 and min_sigma_voxels > 0"):
+        NoduleTargetsd(sigma_scale=-0.1)
+    with pytest.raises(ValueError, match="min_sigma_voxels > 0"):
+        NoduleTargetsd(min_sigma_vox=0.0)
+
+
+def test_sigma_scale_zero_gives_every_nodule_the_same_target_mass():
+    # a 12 mm and a 4 mm nodule: with sigma_scale 0 both Gaussians have sigma min_sigma_vox, so equal mass
+    label = np.zeros((1, 40, 40, 40), dtype=np.float32)
+    label[0, 6:14, 6:14, 6:14] = 1
+    label[0, 28:31, 28:31, 28:31] = 2
+    item = {"label": label, "nodule_diameters": np.array([0.0, 12.0, 4.0], dtype=np.float32)}
+
+    def masses(scale):
+        heat = NoduleTargetsd(spacing=(1.5,) * 3, sigma_scale=scale)(item)["heatmap"][0].numpy()
+        return heat[:20, :20, :20].sum(), heat[20:, 20:, 20:].sum()
+
+    big, small = masses(0.0)
+    assert big == pytest.approx(small, rel=0.05)
+    big, small = masses(0.5)
+    assert big > 5 * small
 
 
 def test_each_instance_gets_its_own_diameter_malignancy_and_peak():
