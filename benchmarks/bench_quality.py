@@ -11,8 +11,9 @@ inference pipeline, then LUNA16 FROC with a scan-level bootstrap CI) and summari
 
 * ``demo``: ``make demo``'s training profile (``demo.yaml``: 22 epochs, heads at output stride 2, mining on) on
   the benchmark's own small training split; see benchmarks/README.md for its measured time;
-* ``full``: the CPU long profile (``demo.yaml`` with 130 epochs, mining every 10, a checkpoint every 13: about
-  46 min on the 2-core VM); an estimate is logged before it starts. Opt-in: ``make bench`` never trains.
+* ``full``: the CPU long profile (``demo.yaml`` with 130 epochs, mining every 10, a checkpoint every 13; see
+  benchmarks/README.md for its measured time); an estimate is logged before it starts. Opt-in: ``make bench``
+  never trains.
 
 Without a trained model, seeded random weights are evaluated and the numbers are meaningless (a warning says so).
 
