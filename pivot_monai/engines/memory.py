@@ -23,8 +23,9 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from pivot_monai.host.meminfo import cgroup_available, ram_available
 
 __all__ = [
     "MemoryEstimate",
@@ -116,30 +117,6 @@ def activation_bytes_per_voxel(model: Mapping[str, Any] | None = None, probe: in
     return sum(storages.values()) / probe**3
 
 
-def cgroup_available(root: str | Path = "/sys/fs/cgroup") -> int | None:
-    """Bytes left under this process's cgroup memory limit (v2, else v1); ``None`` without a limit.
-
-    The usage counts page cache; its inactive part is reclaimed before the kernel kills, so it counts as free.
-    """
-    root = Path(root)
-    for limit_file, usage_file, stat_file, inactive in (
-        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
-        ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes", "memory/memory.stat", "total_inactive_file"),
-    ):
-        try:
-            text = (root / limit_file).read_text().strip()
-            if text == "max" or int(text) >= 2**60:
-                return None
-            usage = int((root / usage_file).read_text())
-            lines = (root / stat_file).read_text().splitlines()
-            stats = dict(line.split() for line in lines if line.count(" ") == 1)
-            reclaimable = int(stats.get(inactive, 0))  # page cache the kernel frees before killing
-            return max(int(text) - usage + reclaimable, 0)
-        except (OSError, ValueError):
-            continue
-    return None
-
-
 def available_memory(device_type: str = "cpu") -> tuple[int, str]:
     """``(bytes, where)``: the free memory of the CUDA device when training runs there, else the RAM available
     (``MemAvailable`` of ``/proc/meminfo``, within a cgroup limit).
@@ -153,10 +130,7 @@ def available_memory(device_type: str = "cpu") -> tuple[int, str]:
         if torch.cuda.is_available():
             index = torch.cuda.current_device()
             return int(torch.cuda.mem_get_info(index)[0]), f"GPU {index}"
-    fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
-    available = int(fields["MemAvailable"].split()[0]) * 1024
-    limited = cgroup_available()
-    return (min(available, limited) if limited is not None else available), "RAM"
+    return ram_available(), "RAM"
 
 
 def _patch(value: Any) -> tuple[int, int, int] | None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,11 +47,20 @@ def cpu_has_native_bf16() -> bool:
     return bool(caps.get("amx_bf16") or caps.get("avx512_bf16"))
 
 
-def forward_context(device: Any) -> contextlib.AbstractContextManager:
-    """The context an inference forward on ``device`` runs in: oneDNN convolutions on an x86-64 CPU, else nothing."""
+@contextlib.contextmanager
+def forward_context(device: Any) -> Iterator[None]:
+    """The context a whole-volume inference forward on ``device`` runs in: oneDNN convolutions on an x86-64 CPU.
+
+    On leaving it, a heap that keeps freed memory (``device.reuse_freed_memory``) hands it back if the host is low on
+    memory (:func:`pivot_monai.host.allocator.release_freed_memory`): validation, mining and ``pivot infer`` run
+    one volume after another in a long-lived process, and without the valve the kept memory grows with each new size.
+    """
+    from pivot_monai.host.allocator import release_freed_memory
     from pivot_monai.host.onednn import OneDNNConvolutions
 
-    return OneDNNConvolutions() if getattr(device, "type", str(device)) == "cpu" else contextlib.nullcontext()
+    with OneDNNConvolutions() if getattr(device, "type", str(device)) == "cpu" else contextlib.nullcontext():
+        yield
+    release_freed_memory()
 
 
 def _flag(cfg: Mapping[str, Any], key: str, default: bool) -> bool:
