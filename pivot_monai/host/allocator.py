@@ -21,7 +21,14 @@ import functools
 import logging
 import platform
 
-__all__ = ["LOW_MEMORY_FRACTION", "c_library", "heap_free_bytes", "heap_keeps_freed", "release_freed_memory", "reuse_freed_memory"]
+__all__ = [
+    "LOW_MEMORY_FRACTION",
+    "c_library",
+    "heap_free_bytes",
+    "heap_keeps_freed",
+    "release_freed_memory",
+    "reuse_freed_memory",
+]
 
 logger = logging.getLogger(__name__)
 
