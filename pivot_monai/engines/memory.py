@@ -13,6 +13,12 @@ reports that range. :func:`check_training_memory` refuses a config whose lower b
 (RAM, within a cgroup limit, or the GPU's free memory) with the keys to change and a patch that would fit, and
 warns when only the upper bound does.
 
+Validation and hard-negative mining run the sliding window of ``pivot infer`` over whole volumes in the same
+process: up to ``inference.sw_batch_size`` windows of ``inference.roi_size`` per forward, without autograd. Such a
+forward's peak measured 0.25-0.75 times the saved activations of the same voxels in training (CPU RSS, base_filters
+8-32, depth 3-4, output stride 1-2, windows 96^3-192^3), so :func:`estimate_inference_memory` reports that range and
+the check holds the window to the same rule.
+
 Set ``PIVOT_MEMORY_CHECK=off`` to skip the check.
 """
 
@@ -33,6 +39,7 @@ __all__ = [
     "available_memory",
     "cgroup_available",
     "check_training_memory",
+    "estimate_inference_memory",
     "estimate_training_memory",
 ]
 
@@ -40,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 PEAK_OVER_SAVED = (0.78, 2.0)
 """Measured range of a training step's peak memory over the activations autograd saves (module docstring)."""
+INFERENCE_OVER_SAVED = (0.25, 0.75)
+"""Measured range of a no-grad forward's peak memory over the activations training saves for as many voxels."""
 _AMP_SAVED = 0.5  # CUDA mixed precision keeps most activations in half precision: the lower bound halves
 _GIB = 2**30
 
@@ -178,6 +187,47 @@ def estimate_training_memory(config: Mapping[str, Any]) -> MemoryEstimate | None
     return MemoryEstimate(patch, patches, per_voxel, available, where, amp)
 
 
+@dataclass(frozen=True)
+class InferenceEstimate:
+    """One sliding-window forward of validation, mining and ``pivot infer`` against what the machine has.
+
+    Attributes:
+        roi_size: the largest window (``inference.roi_size``, else ``data.patch_size``).
+        windows: windows per forward (``inference.sw_batch_size``).
+        bytes_per_voxel: activation bytes training saves per input voxel (the same network).
+        available: bytes available on ``where``.
+        where: ``"RAM"`` or ``"GPU <index>"``.
+    """
+
+    roi_size: tuple[int, int, int]
+    windows: int
+    bytes_per_voxel: float
+    available: int
+    where: str
+
+    @property
+    def low(self) -> float:
+        """Bytes the forward needs at least."""
+        return self.bytes_per_voxel * math.prod(self.roi_size) * self.windows * INFERENCE_OVER_SAVED[0]
+
+    @property
+    def high(self) -> float:
+        """Bytes the forward may need."""
+        return self.bytes_per_voxel * math.prod(self.roi_size) * self.windows * INFERENCE_OVER_SAVED[1]
+
+
+def estimate_inference_memory(config: Mapping[str, Any], training: MemoryEstimate) -> InferenceEstimate | None:
+    """The memory of the run's largest sliding-window forward (validation, mining); ``None`` when its sizes are not
+    literal values. ``training`` supplies the network's bytes per voxel and the memory available."""
+    inference, data = config.get("inference") or {}, config.get("data") or {}
+    roi = inference.get("roi_size")
+    roi = _patch(data.get("patch_size") if roi is None else roi)
+    windows = inference.get("sw_batch_size", 1)
+    if roi is None or isinstance(windows, bool) or not isinstance(windows, int) or windows < 1:
+        return None
+    return InferenceEstimate(roi, windows, training.bytes_per_voxel, training.available, training.where)
+
+
 def _fitting_side(estimate: MemoryEstimate, multiple: int) -> int:
     """The largest cubic patch side (a multiple of ``multiple``) whose upper bound fits, 0 if none."""
     voxels = estimate.available / (estimate.bytes_per_voxel * estimate.patches * PEAK_OVER_SAVED[1])
@@ -224,4 +274,35 @@ def check_training_memory(config: Mapping[str, Any]) -> MemoryEstimate | None:
         logger.warning("%s: it may not fit; if the run is killed, %s", what, fix)
     else:
         logger.debug("%s", what)
+    _check_inference_memory(estimate_inference_memory(config, estimate), 2**depth, ConfigValueError)
     return estimate
+
+
+def _check_inference_memory(estimate: InferenceEstimate | None, multiple: int, error: type[Exception]) -> None:
+    """Refuse (``error``) or warn about a validation/mining window that cannot or may not fit."""
+    if estimate is None:
+        return
+    per_window = estimate.high / estimate.windows
+    side = int((estimate.available / (per_window / math.prod(estimate.roi_size))) ** (1 / 3) // multiple) * multiple
+    what = (
+        f"validation and hard-negative mining run inference.sw_batch_size={estimate.windows} windows of "
+        f"inference.roi_size {list(estimate.roi_size)} per forward; that needs {estimate.low / _GIB:.1f}-"
+        f"{estimate.high / _GIB:.1f} GiB and {estimate.where} has {estimate.available / _GIB:.1f} GiB available"
+    )
+    if per_window <= estimate.available:
+        fix = f"lower inference.sw_batch_size (1 window fits) or inference.roi_size (e.g. [{side}, {side}, {side}])"
+    elif side:
+        fix = f"use a smaller inference.roi_size (e.g. [{side}, {side}, {side}] fits) with inference.sw_batch_size 1"
+    else:
+        fix = "use a smaller inference.roi_size with inference.sw_batch_size 1, or a smaller model"
+    if estimate.low > estimate.available:
+        key = (
+            "inference.roi_size"
+            if per_window * INFERENCE_OVER_SAVED[0] / INFERENCE_OVER_SAVED[1] > estimate.available
+            else "inference.sw_batch_size"
+        )
+        raise error(key, f"{what}: it cannot fit; {fix} (PIVOT_MEMORY_CHECK=off skips this)")
+    if estimate.high > estimate.available:
+        logger.warning("%s: it may not fit; if the run is killed, %s", what, fix)
+    else:
+        logger.debug("%s", what)

@@ -95,3 +95,50 @@ def test_pivot_train_refuses_an_oversized_patch_in_one_line_before_building_anyt
     errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
     assert code == 2 and len(errors) == 1 and "data.patch_size [256, 256, 256]" in errors[0], errors
     assert not (tmp_path / "b").exists() and not any(tmp_path.rglob("config_resolved.yaml"))
+
+
+def test_a_validation_window_that_cannot_fit_is_refused_naming_the_inference_keys(ram):
+    # the training step fits; the whole-volume windows of validation and mining do not (the OOM of a real run)
+    ram(8)
+    config = _config()
+    config["inference"].update(roi_size=[384, 384, 384], sw_batch_size=4)
+    with pytest.raises(ConfigValueError) as exc:
+        memory.check_training_memory(config)
+    message = str(exc.value)
+    assert exc.value.key == "inference.roi_size" and "cannot fit" in message and "RAM has 8.0 GiB" in message
+    assert "inference.sw_batch_size=4 windows of inference.roi_size [384, 384, 384]" in message
+    side = int(message.split("inference.roi_size (e.g. [")[1].split(",")[0])
+    assert 64 <= side < 384 and side % 16 == 0  # a window that would fit, a multiple of 2 ** depth
+
+
+def test_too_many_windows_per_forward_name_sw_batch_size(ram):
+    ram(8)
+    config = _config()
+    per_window = memory.estimate_inference_memory(
+        {**config, "inference": {"roi_size": [160] * 3, "sw_batch_size": 1}},
+        memory.estimate_training_memory(config),
+    )
+    assert per_window.high < 8 * GIB  # one 160^3 window fits ...
+    config["inference"].update(roi_size=[160, 160, 160], sw_batch_size=64)
+    with pytest.raises(ConfigValueError, match="1 window fits") as exc:
+        memory.check_training_memory(config)  # ... sixty-four of them at once do not
+    assert exc.value.key == "inference.sw_batch_size"
+
+
+def test_a_null_roi_size_checks_the_patch_sized_window(ram):
+    ram(8)
+    config = _config()
+    config["inference"].update(roi_size=None, sw_batch_size=2)
+    estimate = memory.estimate_inference_memory(config, memory.estimate_training_memory(config))
+    assert estimate.roi_size == (64, 64, 64) and estimate.windows == 2
+
+
+def test_pivot_train_refuses_a_validation_window_that_cannot_fit_in_one_line(ram, tmp_path, caplog):
+    ram(8)
+    config = tmp_path / "wide.yaml"
+    config.write_text(yaml.safe_dump({"inference": {"roi_size": [512, 512, 512], "sw_batch_size": 1}}))
+    with caplog.at_level(logging.ERROR):
+        code = main(["train", "--config", str(config), "--bundle-root", str(tmp_path / "b")])
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert code == 2 and len(errors) == 1 and "inference.roi_size [512, 512, 512]" in errors[0], errors
+    assert not (tmp_path / "b").exists()

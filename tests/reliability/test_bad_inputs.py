@@ -511,17 +511,25 @@ def test_a_patch_too_large_for_the_machine_is_refused_before_training(monkeypatc
     assert "training.batch_size" in message and "RAM has 24.0 GiB available" in message and "\n" not in message
 
 
-def test_the_bundle_command_refuses_a_step_that_cannot_fit_before_building_anything(tmp_path):
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        (["--data#patch_size", "[512, 512, 512]", "--training#batch_size", "8"], "data.patch_size [512, 512, 512]"),
+        # the training step fits; the whole-volume window of validation and mining does not
+        (["--inference#roi_size", "[1024, 1024, 1024]"], "inference.roi_size [1024, 1024, 1024]"),
+    ],
+    ids=["training-step", "validation-window"],
+)
+def test_the_bundle_command_refuses_a_step_that_cannot_fit_before_building_anything(tmp_path, override, named):
     import sys
 
     from tests.conftest import REPO_ROOT
 
     args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
     args += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "no-data"), "--device#type", "cpu"]
-    args += ["--data#patch_size", "[512, 512, 512]", "--training#batch_size", "8"]
-    res = subprocess.run(args, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(args + override, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     out = res.stdout + res.stderr
-    assert res.returncode != 0 and "cannot fit" in out and "data.patch_size [512, 512, 512]" in out, out[-2000:]
+    assert res.returncode != 0 and "cannot fit" in out and named in out, out[-2000:]
     assert "Traceback" not in out and not (tmp_path / "models").exists()  # refused before the trainer was built
 
 
