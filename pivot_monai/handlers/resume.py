@@ -16,6 +16,10 @@ index and the random states (:mod:`pivot_monai.engines.rng`). Files are written 
   ``previous_runs/<time>/`` first, so two runs' checkpoints never mix.
 * a path: continue from that checkpoint file.
 
+**The final validation.** It runs whole volumes in one process, and the kernel may kill it (memory, a time limit).
+Before it, ``model.pt`` and a checkpoint marked ``final_validation: pending`` are written; after it, that checkpoint
+is saved over by the periodic one or removed. A run resumed from it runs only the validation.
+
 A run resumed from an end-of-epoch checkpoint continues bit for bit like an uninterrupted one where training is
 deterministic (CPU, the same thread count), with any number of loader workers: train.yaml's
 :class:`~pivot_monai.engines.rng.ItemSeededLoader` seeds each item from a generator the checkpoint saves. A
@@ -162,6 +166,8 @@ class TrainingCheckpointer:
         self.last_saved: tuple[int, Path] | None = None  # (iteration, path) of the newest checkpoint written
         self._pending: dict[str, Any] | None = None
         self._finished = False
+        self._pending_final: Path | None = None  # the checkpoint written before the final validation, until it ends
+        self._validate_only = False  # resumed from a run stopped in its final validation
         self.describe: Callable[[], dict[str, Any]] | None = None  # set by attach_model_metadata
 
     # ------------------------------------------------------------------------------------------------ attach
@@ -172,9 +178,48 @@ class TrainingCheckpointer:
         engine.add_event_handler(Events.STARTED, self._restore)
         if self.save_interval > 0:
             engine.add_event_handler(Events.EPOCH_COMPLETED(every=self.save_interval), self.epoch_completed)
+        if self.evaluator is not None:
+            # the last iteration's ITERATION_COMPLETED comes before the last epoch's EPOCH_COMPLETED, where the final
+            # validation runs; attached last, EPOCH_COMPLETED then comes after it
+            engine.add_event_handler(
+                Events.ITERATION_COMPLETED(event_filter=_last_iteration), self.before_final_validation
+            )
+            engine.add_event_handler(Events.EPOCH_COMPLETED(event_filter=_last_epoch), self.after_final_validation)
 
     def epoch_completed(self, engine: Engine) -> None:
-        self.save(engine)
+        if self._pending_final is not None:  # the last epoch: the final validation is done, its state saved over it
+            self._pending_final = None
+            self.save(engine, force=True)
+        else:
+            self.save(engine)
+
+    def before_final_validation(self, engine: Engine) -> None:
+        """The trained weights on disk before the final validation, which holds whole volumes in memory and can be
+        killed (OOM, a time limit): ``model.pt`` and a resumable checkpoint marked as awaiting that validation. A run
+        resumed from it only runs the validation (:meth:`_restore`). Rank 0 writes; every rank marks the round."""
+        saved = [saver.save_final_now(engine) for saver in _savers(engine)]
+        path = self.save(engine, final_validation="pending")
+        self._pending_final = path if path is not None else Path()
+        if path is not None:
+            self.logger.info(
+                "before the final validation: saved %s and %s (a run stopped in it resumes with only the validation)",
+                ", ".join(str(p) for p in saved if p is not None) or "no model.pt",
+                path.name,
+            )
+
+    def after_final_validation(self, engine: Engine) -> None:
+        """The final validation finished: the checkpoint that waited on it is replaced by the periodic one (written
+        just before, when ``save_interval`` falls on the last epoch) or removed, as a run without it would leave."""
+        pending, self._pending_final = self._pending_final, None
+        self._remove_pending(pending)
+
+    def _remove_pending(self, pending: Path | None) -> None:
+        if pending is None or not pending.name or idist.get_rank() != 0:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            pending.unlink()
+        if self.last_saved is not None and self.last_saved[1] == pending:
+            self.last_saved = None
 
     # ------------------------------------------------------------------------------------------------ saving
     def state(self, engine: Engine) -> dict[str, Any]:
@@ -219,26 +264,38 @@ class TrainingCheckpointer:
             out["pivot"] = {**self.describe(), **out["pivot"]}
         return out
 
-    def save(self, engine: Engine) -> Path | None:
+    def save(self, engine: Engine, force: bool = False, final_validation: str | None = None) -> Path | None:
         """Write a checkpoint of ``engine`` now (rank 0 only; ``None`` elsewhere) and rotate old ones.
 
         End of an epoch: ``checkpoint_epoch=E.pt``; inside one: ``checkpoint_epoch=E_iteration=I.pt``.
-        A second call at the same iteration returns the file already written.
+        A second call at the same iteration returns the file already written, unless ``force``.
+
+        Args:
+            engine: the trainer.
+            force: write again at an iteration already saved (the state after the final validation).
+            final_validation: ``"pending"`` marks a checkpoint written before the final validation.
 
         Raises:
             OSError: the folder cannot be written (full disk, read-only); the previous checkpoints are untouched.
         """
         iteration = int(engine.state.iteration)
-        if self.last_saved is not None and self.last_saved[0] == iteration and self.last_saved[1].exists():
+        saved = self.last_saved is not None and self.last_saved[0] == iteration and self.last_saved[1].exists()
+        if saved and not force:
             return self.last_saved[1]
         if idist.get_rank() != 0:
             return None
         length = engine.state.epoch_length or 1
         at_end = iteration % length == 0
         name = checkpoint_name(engine.state.epoch, None if at_end else iteration)
-        path = atomic_save(self.state(engine), self.save_dir / name)
+        state = self.state(engine)
+        if final_validation is not None:
+            state["pivot"]["final_validation"] = final_validation
+        path = atomic_save(state, self.save_dir / name)
         self.last_saved = (iteration, path)
-        removed = rotate_checkpoints(self.save_dir, self.keep_last_n, protect=path)
+        # a checkpoint awaiting the final validation is removed after it (unless saved over): it rotates out nothing
+        removed = (
+            [] if final_validation == "pending" else rotate_checkpoints(self.save_dir, self.keep_last_n, protect=path)
+        )
         self.logger.info(
             "saved checkpoint %s (epoch %d, iteration %d)%s",
             path,
@@ -306,7 +363,12 @@ class TrainingCheckpointer:
         self.logger.info("resuming from %s after epoch %d, at iteration %d (%s)", path, completed, iteration, why)
         if iteration >= max_epochs * length:
             self._finished = True
-            self.logger.info("that run already finished its %d epochs: nothing to train", max_epochs)
+            self._validate_only = meta.get("final_validation") == "pending" and self.evaluator is not None
+            if self._validate_only:
+                self._pending_final = path
+                self.logger.info("that run finished its %d epochs but not its final validation: running it", max_epochs)
+            else:
+                self.logger.info("that run already finished its %d epochs: nothing to train", max_epochs)
         else:
             engine.load_state_dict({"iteration": iteration, "epoch_length": length, "max_epochs": max_epochs})
         self._pending = state
@@ -354,8 +416,30 @@ class TrainingCheckpointer:
             self.evaluator.state.best_metric_epoch = state["evaluator"]["best_metric_epoch"]
         if "rng" in state:
             restore_rng(state["rng"], engine.state.dataloader)
+        if self._validate_only:
+            self.evaluator.run(int(engine.state.max_epochs))
+            pending, self._pending_final = self._pending_final, None
+            periodic = self.save_interval > 0 and engine.state.max_epochs % self.save_interval == 0
+            if periodic and pending is not None and idist.get_rank() == 0:
+                self._mark_validated(pending, state)
+            else:
+                self._remove_pending(pending)
         if self._finished:
             engine.terminate()
+
+    def _mark_validated(self, path: Path, state: dict[str, Any]) -> None:
+        """Rewrite a checkpoint that waited on the final validation with that validation's outcome."""
+        best = self._best_saver()
+        if best is not None:
+            state["best_checkpoint"] = [
+                (float(p), str(f)) for p, f in best._key_metric_checkpoint.state_dict()["_saved"]
+            ]
+        state["evaluator"] = {
+            "best_metric": float(getattr(self.evaluator.state, "best_metric", -1)),
+            "best_metric_epoch": int(getattr(self.evaluator.state, "best_metric_epoch", -1)),
+        }
+        state["pivot"] = {**state.get("pivot", {}), "final_validation": "done"}
+        atomic_save(state, path)
 
     def _best_saver(self) -> CheckpointSaver | None:
         if self.evaluator is None:
@@ -410,6 +494,22 @@ class AtomicCheckpointSaver(CheckpointSaver):
         """The final file is replaced atomically instead of deleted first."""
         if self._final_checkpoint is not None:
             self._final_checkpoint._saved.clear()
+
+    def save_final_now(self, engine: Engine) -> Path | None:
+        """Write the final file (``model.pt``) now, as ``COMPLETED`` will again; ``None`` without ``save_final``."""
+        if self._final_checkpoint is None:
+            return None
+        self._delete_previous_final_ckpt()
+        self._final_checkpoint(engine)
+        return Path(self.save_dir) / (self._final_filename or self._final_checkpoint.last_checkpoint)
+
+
+def _last_iteration(engine: Engine, _event: int) -> bool:
+    return engine.state.iteration == (engine.state.max_epochs or 0) * (engine.state.epoch_length or 0)
+
+
+def _last_epoch(engine: Engine, _event: int) -> bool:
+    return engine.state.epoch == engine.state.max_epochs
 
 
 def _savers(engine: Engine | None) -> list[AtomicCheckpointSaver]:

@@ -142,8 +142,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run_bit_for_bit(
     assert resumed.matching("resuming from") and "after epoch 2, at iteration 4" in resumed.matching("resuming")[0]
     assert [e for e in ("Epoch: 1/4", "Epoch: 2/4") if resumed.matching(e)] == []  # nothing trained twice
 
-    a = torch.load(tmp_path / "ref" / "models" / "model.pt", weights_only=True)
-    b = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)
+    a = torch.load(tmp_path / "ref" / "models" / "model.pt", weights_only=True)["model"]  # self-describing files
+    b = torch.load(tmp_path / "run" / "models" / "model.pt", weights_only=True)["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert (
         reference.matching("Epoch[4] Metrics")[-1].split("Metrics -- ")[-1]
@@ -164,3 +164,63 @@ def test_sigterm_to_the_process_group_with_loader_workers_still_stops_gracefully
     assert run.finish() == 143, run.log[-3000:]
     assert len(run.matching("stopped by SIGTERM")) == 1 and "Traceback" not in run.log, run.log[-3000:]
     assert len(list((tmp_path / "b" / "models").glob("checkpoint_epoch=1_iteration=*.pt"))) == 1
+
+
+# validation after the last epoch only, slowed by test-time augmentation so the kill lands inside it
+_FINAL_VALIDATION_RUN = [
+    *EPOCH_OF_4,
+    "--training#epochs",
+    "2",
+    "--validation#interval",
+    "2",
+    "--inference#tta#enabled",
+    "true",
+    "--inference#tta#num_augmentations",
+    "8",
+]
+
+
+@pytest.mark.parametrize("save_interval", ["0", "2"])
+def test_a_run_killed_in_its_final_validation_keeps_its_model_and_resumes_with_only_that_validation(
+    tiny_processed, tmp_path, save_interval
+):
+    extra = [*_FINAL_VALIDATION_RUN, "--checkpointing#save_interval", save_interval]
+    models = tmp_path / "b" / "models"
+    killed = _Run(tiny_processed, tmp_path / "b", *extra)
+    killed.wait_for("before the final validation: saved")
+    killed.proc.send_signal(signal.SIGKILL)  # what the kernel's OOM killer does
+    assert killed.finish() == -signal.SIGKILL
+    assert not killed.matching("Epoch[2] Metrics"), "the validation finished before the kill"
+    weights = torch.load(models / "model.pt", weights_only=True)  # the trained weights are on disk
+    assert set(weights) == {"model", "pivot"} and weights["pivot"]["config"]["model"]  # self-describing
+    pending = torch.load(models / "checkpoint_epoch=2.pt", weights_only=False)["pivot"]
+    assert pending["final_validation"] == "pending" and pending["completed_epochs"] == 2
+
+    resumed = _Run(tiny_processed, tmp_path / "b", *extra)
+    assert resumed.finish() == 0, resumed.log[-3000:]
+    assert resumed.matching("finished its 2 epochs but not its final validation: running it")
+    assert not resumed.matching("Epoch: 1/2, Iter") and not resumed.matching("Epoch: 2/2, Iter")  # nothing retrained
+    assert len(resumed.matching("Epoch[2] Metrics")) == 1 and (models / "model_best.pt").exists()
+    resumed_weights = torch.load(models / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed_weights[k], weights["model"][k]) for k in weights["model"])
+    if save_interval == "0":  # no periodic checkpoints: none is left, as after an uninterrupted run
+        assert not list(models.glob("checkpoint_epoch=*.pt"))
+    else:  # the last epoch's periodic checkpoint, now with the validation's outcome
+        done = torch.load(models / "checkpoint_epoch=2.pt", weights_only=False)
+        assert done["pivot"]["final_validation"] == "done" and done["evaluator"]["best_metric_epoch"] == 2
+
+
+@pytest.mark.parametrize("save_interval", ["0", "1"])
+def test_an_uninterrupted_run_leaves_the_checkpoints_its_save_interval_asks_for(
+    tiny_processed, tmp_path, save_interval
+):
+    run = _Run(
+        tiny_processed, tmp_path / "b", *_FINAL_VALIDATION_RUN[:6], "--checkpointing#save_interval", save_interval
+    )
+    assert run.finish() == 0, run.log[-3000:]
+    models = tmp_path / "b" / "models"
+    assert run.matching("before the final validation: saved") and (models / "model.pt").exists()
+    names = sorted(p.name for p in models.glob("checkpoint_epoch=*.pt"))
+    assert names == ([] if save_interval == "0" else ["checkpoint_epoch=1.pt", "checkpoint_epoch=2.pt"])
+    if names:  # the last one was saved again after the validation: a new run in this folder has nothing to redo
+        assert "final_validation" not in torch.load(models / names[-1], weights_only=False)["pivot"]
