@@ -116,7 +116,7 @@ def check_merged_config(config: Mapping[str, Any], source: str = _SOURCE) -> Non
         ConfigKeyError: an unknown key ("did you mean"), or one of the training guide's names (with PIVOT's).
         ValueError: a section that dropped defaults of ``train.yaml``; a value of the wrong type or out of range.
     """
-    from pivot_monai.engines.validate import validate_training_config
+    from pivot_monai.engines.validate import check_literal_types, validate_training_config
 
     ignored = _monai_keys()
     config = {k: v for k, v in config.items() if k not in ignored}
@@ -143,6 +143,7 @@ def check_merged_config(config: Mapping[str, Any], source: str = _SOURCE) -> Non
             "--config FILE`, which deep-merges"
         )
     validate_training_config(config)
+    check_literal_types(config, defaults, skip=frozenset(_FREE_FORM))
 
 
 def _running_parser() -> Any:

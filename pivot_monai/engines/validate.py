@@ -18,7 +18,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ConfigValueError", "check_annotations", "reject_expressions", "validate_training_config"]
+__all__ = [
+    "ConfigValueError",
+    "check_annotations",
+    "check_literal_types",
+    "reject_expressions",
+    "validate_training_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -204,6 +210,51 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
     _integer(config, "checkpointing.save_interval", 0, "e.g. checkpointing.save_interval: 5 (0: none)")
     _integer(config, "checkpointing.keep_last_n", 0, "e.g. checkpointing.keep_last_n: 3")
     _guide_keys(config)
+
+
+def check_literal_types(
+    config: Mapping[str, Any], defaults: Mapping[str, Any], skip: frozenset[str] = frozenset(), _path: str = ""
+) -> None:
+    """Each literal value of ``config`` has the kind of its default: a flag is ``true``/``false``, a number a number.
+
+    The bundle command reads ``--device#reuse_freed_memory false`` as the text ``'false'`` (Python Fire parses
+    Python literals: ``False`` is a bool, ``false`` a string), and a non-empty string is truthy, so the flag would
+    silently stay on. Defaults that are ``null``, strings, lists or expressions say nothing about the kind and are
+    not checked; nor are ``$``/``@`` values, ``skip`` paths, or sections replaced by another ``_target_``.
+
+    Args:
+        config: the merged (unparsed) config.
+        defaults: ``train.yaml`` (the reference for each key's kind).
+        skip: dotted paths of free-form sections.
+
+    Raises:
+        ConfigValueError: the first flag that is not a bool or number that is not a number, naming its key and the
+            command-line spelling.
+    """
+    for key, value in config.items():
+        path = f"{_path}.{key}" if _path else str(key)
+        if key not in defaults or path in skip or _is_expression(value):
+            continue
+        default = defaults[key]
+        if isinstance(value, Mapping) and isinstance(default, Mapping):
+            if "_target_" in value and value["_target_"] != default.get("_target_"):
+                continue
+            check_literal_types(value, default, skip, path)
+        elif isinstance(default, bool) and not isinstance(value, bool):
+            raise _fail(
+                path,
+                "true or false",
+                value,
+                f"write {path}: true (or false) in YAML; on the bundle command line write "
+                f"--{path.replace('.', '#')} True (or False): it reads lower-case true/false as text",
+            )
+        elif (
+            isinstance(default, (int, float))
+            and not isinstance(default, bool)
+            and value is not None
+            and (isinstance(value, bool) or not isinstance(value, (int, float)))
+        ):
+            raise _fail(path, "a number", value, f"e.g. {path}: {default}")
 
 
 def _nodule_keys(nodules: Any) -> list[tuple[float, ...]]:

@@ -296,6 +296,8 @@ class TrainingCheckpointer:
         removed = (
             [] if final_validation == "pending" else rotate_checkpoints(self.save_dir, self.keep_last_n, protect=path)
         )
+        if final_validation == "pending":
+            return path  # before_final_validation says it, with model.pt
         self.logger.info(
             "saved checkpoint %s (epoch %d, iteration %d)%s",
             path,

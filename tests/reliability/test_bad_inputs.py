@@ -533,6 +533,42 @@ def test_the_bundle_command_refuses_a_step_that_cannot_fit_before_building_anyth
     assert "Traceback" not in out and not (tmp_path / "models").exists()  # refused before the trainer was built
 
 
+def test_a_flag_or_number_of_the_wrong_kind_names_its_key_and_the_command_line_spelling():
+    from pivot_monai.engines.validate import check_literal_types
+
+    defaults = {"device": {"reuse_freed_memory": True, "num_threads": None}, "data": {"crop_margin": 10}}
+    with pytest.raises(ConfigValueError) as exc:
+        check_literal_types({"device": {"reuse_freed_memory": "false"}}, defaults)
+    assert "device.reuse_freed_memory must be true or false, got 'false' (str)" in str(exc.value)
+    assert "--device#reuse_freed_memory True (or False)" in str(exc.value)
+    with pytest.raises(ConfigValueError, match=r"data.crop_margin must be a number, got '6' \(str\)"):
+        check_literal_types({"data": {"crop_margin": "6"}}, defaults)
+    with pytest.raises(ConfigValueError, match=r"data.crop_margin must be a number, got True"):
+        check_literal_types({"data": {"crop_margin": True}}, defaults)
+    # expressions, a null default, floats for int defaults and null values say nothing against the kind
+    check_literal_types(
+        {"device": {"reuse_freed_memory": "$True", "num_threads": "2"}, "data": {"crop_margin": 6.5}}, defaults
+    )
+    check_literal_types({"data": {"crop_margin": None}}, defaults)
+
+
+def test_the_bundle_command_refuses_lower_case_false_that_would_leave_a_flag_on(tmp_path):
+    """Python Fire reads ``false`` as the text 'false', which is truthy: the lever stayed on and a run was OOM-killed."""
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "bundle/configs/train.yaml"]
+    args += ["--bundle_root", str(tmp_path), "--dataset_dir", str(tmp_path / "no-data"), "--device#type", "cpu"]
+    res = subprocess.run(
+        args + ["--device#reuse_freed_memory", "false"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300
+    )
+    out = res.stdout + res.stderr
+    (line,) = [ln for ln in out.splitlines() if " ERROR " in ln]
+    assert res.returncode == 1 and "device.reuse_freed_memory must be true or false, got 'false'" in line, out[-2000:]
+    assert "Traceback" not in out and not (tmp_path / "models").exists()
+
+
 def test_a_yaml_syntax_error_in_the_config_is_one_line_with_its_position(tmp_path, caplog):
     config = tmp_path / "my.yaml"
     config.write_text("training:\n  epochs: [1\n")
