@@ -553,7 +553,7 @@ def test_a_flag_or_number_of_the_wrong_kind_names_its_key_and_the_command_line_s
 
 
 def test_the_bundle_command_refuses_lower_case_false_that_would_leave_a_flag_on(tmp_path):
-    """Python Fire reads ``false`` as the text 'false', which is truthy: the lever stayed on and a run was OOM-killed."""
+    """Python Fire reads ``false`` as the text 'false', which is truthy: the flag stayed on and a run got OOM-killed."""
     import sys
 
     from tests.conftest import REPO_ROOT
