@@ -174,7 +174,7 @@ _FINAL_VALIDATION_RUN = [
     "--validation#interval",
     "2",
     "--inference#tta#enabled",
-    "true",
+    "True",
     "--inference#tta#num_augmentations",
     "8",
 ]
