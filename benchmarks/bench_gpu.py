@@ -144,7 +144,7 @@ def _profile(name: str, args: argparse.Namespace) -> tuple[list[Row], dict[str, 
     config = NETWORK_PROFILES[name]
     sections = load_profile(config, QUICK_OVERRIDES if args.quick else None)
     if name == "demo":
-        checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"])
+        checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"], sections)
     else:  # no trained model of the 1.5 mm profile exists here: seeded random weights, speed only
         checkpoint, trained = resolve_checkpoint(WORK_DIR / "no_such_checkpoint.pt", sections["model"])
     size, scans, repeats = ("small", 1, 1) if args.quick else ("fullsize", args.scans, args.repeats)

@@ -166,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         checkpoint, train_seconds = train_profile(args.train_profile, args.config)
         trained = True
     else:
-        checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"])
+        checkpoint, trained = resolve_checkpoint(args.checkpoint, sections["model"], sections)
     settings = InferenceSettings.from_config(sections)
     summaries, metrics, seconds = {}, {}, {}
     for name, (size, scans, seed, domain) in plan.items():

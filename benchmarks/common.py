@@ -455,15 +455,45 @@ def load_profile(config: str | Path | None, overrides: Mapping[str, Any] | None 
     return sections
 
 
-def resolve_checkpoint(checkpoint: str | Path | None, model_cfg: Mapping[str, Any]) -> tuple[Path, bool]:
+def _clashes(path: Path, sections: Mapping[str, Any] | None) -> list[str]:
+    """Binding keys (preprocessing, network) where ``sections`` differ from what the model at ``path`` recorded."""
+    if sections is None:
+        return []
+    from pivot_monai.inference.model_settings import contradictions
+    from pivot_monai.networks.metadata import read_metadata
+
+    meta = read_metadata(path)
+    return contradictions(sections, meta.get("config", {})) if meta else []
+
+
+def resolve_checkpoint(
+    checkpoint: str | Path | None, model_cfg: Mapping[str, Any], sections: Mapping[str, Any] | None = None
+) -> tuple[Path, bool]:
     """The checkpoint to benchmark, or seeded random weights saved under ``benchmarks/work/`` when there is none.
+
+    A self-describing model that was trained on other preprocessing or another network than ``sections`` (``--quick``
+    runs at 4 mm; ``make demo``'s model at 1.5 mm) would be refused by the predictor: the default checkpoint is then
+    passed over for random weights, with a warning; one given with ``--checkpoint`` is an error.
+
+    Args:
+        checkpoint: ``--checkpoint`` (``None``: ``make demo``'s ``bundle/models/model.pt``).
+        model_cfg: the benchmark's ``model`` section (for the random weights).
+        sections: the benchmark's config sections, checked against what the model recorded.
 
     Returns:
         (path, trained): ``trained`` is False for the random weights, whose CPM means nothing.
+
+    Raises:
+        ValueError: ``checkpoint`` was trained with other binding settings than ``sections``.
     """
     path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     if path.is_file():
-        return path, True
+        clashes = _clashes(path, sections)
+        if not clashes:
+            return path, True
+        if checkpoint:
+            raise ValueError(f"--checkpoint {path} does not fit this benchmark's settings: {'; '.join(clashes)}")
+        logger.warning("%s does not fit this benchmark's settings (%s)", path, "; ".join(clashes))
     import torch
 
     from pivot_monai.networks import build_network
@@ -475,7 +505,7 @@ def resolve_checkpoint(checkpoint: str | Path | None, model_cfg: Mapping[str, An
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
     logger.warning(
-        "no checkpoint at %s (train one with `make demo` or pass --checkpoint): using random weights %s; "
+        "no usable checkpoint at %s (train one with `make demo` or pass --checkpoint): using random weights %s; "
         "speed and memory are valid, CPM and the other quality numbers are meaningless",
         path,
         out,
