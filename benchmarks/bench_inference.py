@@ -15,6 +15,8 @@ Per scan, each side runs in a fresh process (peak RSS per case), alternating, ``
   host settings (``channels_last_3d`` weights and ``reuse_freed_memory``), alternating with the two cases above
   (``pivot infer`` applies the config's settings, default on, so **pivot** does too). The plain baseline has neither:
   MONAI's defaults are PyTorch's memory format and allocator.
+* **pivot + classifier** (when ``fpr.pt`` lies beside the trained checkpoint, as ``make demo`` leaves it):
+  the pipeline with the FP-reduction classifier, what ``pivot infer`` runs by default for such a model.
 * **folder** (full mode): all scans in one process, model loaded once, both sides: what ``pivot infer <folder>`` sees.
 * **pivot --amp** (full mode, on CPUs with native bf16 only): the pipeline with bf16 autocast, the opt-in CPU lever.
 * **area anti-aliasing** (full mode): the pipeline with ``data.antialias: area`` instead of the default ``gaussian``
@@ -51,6 +53,7 @@ from benchmarks.common import (
     CaseResult,
     Row,
     alternate,
+    checkpoint_clashes,
     ensure_raw_dataset,
     format_table,
     froc_on_raw,
@@ -68,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 NAME = "inference"
 TARGET_SECONDS, TARGET_RSS_MB, TARGET_SPEEDUP = 30.0, 4096.0, 5.0
+TARGET_FPR_SECONDS = 5.0  # detector plus classifier, one fullsize scan end to end (issue 20)
 
 
 def _host_runtime(sections: Mapping[str, Any], reuse_memory: bool | None) -> None:
@@ -88,11 +92,13 @@ def pivot_case(
     tta: bool,
     reuse_memory: bool | None = None,
     amp: bool | None = None,
+    classifier: str | None = None,
 ) -> dict[str, Any]:
     """PIVOT's default inference, as ``pivot infer`` runs it, of one scan or a folder's scans in one process.
 
     Runs in its own process. ``reuse_memory`` overrides ``device.reuse_freed_memory`` and ``amp`` the mixed
-    precision (``--amp``/``--no-amp``); ``None``: the config's, as ``pivot infer`` applies them.
+    precision (``--amp``/``--no-amp``); ``None``: the config's, as ``pivot infer`` applies them. ``classifier``:
+    the FP-reduction classifier's ``fpr.pt`` (loaded in the timed span, as ``pivot infer`` loads it), or ``None``.
 
     Returns:
         seconds (per scan: the total over the scans, model loading included, divided by their number), stages and
@@ -106,7 +112,12 @@ def pivot_case(
     scans = [scan] if isinstance(scan, str) else list(scan)
     start = time.perf_counter()
     settings = InferenceSettings.from_config(sections, device="cpu", tta=tta, amp=amp)
-    report = infer_scans(scans, out_dir, checkpoint, settings, raise_on_failure=True)
+    stage2 = None
+    if classifier is not None:
+        from pivot_monai.inference.fpr import resolve_classifier
+
+        stage2 = resolve_classifier(checkpoint, None, classifier)
+    report = infer_scans(scans, out_dir, checkpoint, settings, raise_on_failure=True, classifier=stage2)
     seconds = (time.perf_counter() - start) / len(scans)
     uid = report["ok"][0]
     cands = read_submission_csv(Path(out_dir) / CANDIDATES_NAME).get(uid) or ScanCandidates(np.zeros((0, 3)), [])
@@ -232,9 +243,17 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     out = WORK_DIR / f"infer_bench_{size}"
     per: dict[str, dict[str, list[CaseResult]]] = {
         "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_levers": {}, "pivot_bf16": {},
-        "pivot_area": {},
+        "pivot_area": {}, "pivot_fpr": {},
     }  # fmt: skip
+    # the second stage `pivot infer` runs by default when the detector has one (fpr.pt beside it)
+    fpr = checkpoint.with_name("fpr.pt") if trained and checkpoint.with_name("fpr.pt").is_file() else None
     area = {**sections, "data": {**sections["data"], "antialias": "area"}}
+    # a model records its preprocessing, and the predictor refuses other preprocessing than it was trained on
+    area_clash = checkpoint_clashes(checkpoint, area) if trained else []
+    area_fits = not args.quick and not area_clash
+    if area_clash:
+        logger.info("the data.antialias: area arm is skipped: %s (its time needs a model trained with it, or none)",
+                    "; ".join(area_clash))  # fmt: skip
     kw = {"threads": args.threads}
     ck = str(checkpoint)
     for uid, scan in scan_paths.items():
@@ -244,6 +263,11 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
                 run_isolated, baseline_case, scan, uid, str(out / "baseline" / uid), ck, sections, **kw
             ),
         }
+        if fpr is not None:  # detector + FP-reduction classifier, the default operating point of such a model
+            cases["pivot_fpr"] = partial(
+                run_isolated, pivot_case, scan, str(out / "pivot_fpr" / uid), ck, sections, False, None, None,
+                str(fpr), **kw,
+            )  # fmt: skip
         if not args.quick:  # the allocator lever on both sides (device.reuse_freed_memory)
             cases["pivot_no_reuse"] = partial(
                 run_isolated, pivot_case, scan, str(out / "pivot_no_reuse" / uid), ck, sections, False, False, **kw
@@ -251,9 +275,10 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
             cases["baseline_levers"] = partial(
                 run_isolated, baseline_case, scan, uid, str(out / "baseline_levers" / uid), ck, sections, True, **kw
             )
-            cases["pivot_area"] = partial(  # the anti-aliasing choice: data.antialias area vs gaussian
-                run_isolated, pivot_case, scan, str(out / "pivot_area" / uid), ck, area, False, **kw
-            )
+            if area_fits:  # the anti-aliasing choice: data.antialias area vs gaussian
+                cases["pivot_area"] = partial(
+                    run_isolated, pivot_case, scan, str(out / "pivot_area" / uid), ck, area, False, **kw
+                )
             if cpu_has_native_bf16():  # the --amp lever where it pays (AMX / AVX512-BF16)
                 cases["pivot_bf16"] = partial(
                     run_isolated, pivot_case, scan, str(out / "pivot_bf16" / uid), ck, sections, False, None, True,
@@ -371,6 +396,17 @@ def _rows(summary: Mapping[str, Mapping[str, Any]], size: str, quick: bool, trai
                 b["seconds_per_scan"]),
             Row(NAME, "speed-up vs the baseline given channels_last_3d + reuse_freed_memory too (x)",
                 r["seconds_per_scan"] / a["seconds_per_scan"]),
+        ]  # fmt: skip
+    if "pivot_fpr" in summary:
+        c = summary["pivot_fpr"]
+        rows += [
+            Row(NAME, f"s/scan, detector + FP-reduction classifier vs detector only{tag}", c["seconds_per_scan"],
+                a["seconds_per_scan"], "" if quick else f"<= {TARGET_FPR_SECONDS:g}"),
+            Row(NAME, "peak RSS MB, detector + classifier vs detector only", c["peak_rss_mb"], a["peak_rss_mb"],
+                "" if quick else f"<= {TARGET_RSS_MB:g}"),
+            Row(NAME, "speed-up of detector + classifier vs plain MONAI sliding window, detector only (x)",
+                b["seconds_per_scan"] / c["seconds_per_scan"], target="" if quick else f">= {TARGET_SPEEDUP:g}"),
+            Row(NAME, f"{cpm}: detector + classifier vs detector only", c["cpm"], a["cpm"]),
         ]  # fmt: skip
     if "pivot_area" in summary:
         g = summary["pivot_area"]

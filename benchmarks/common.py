@@ -49,6 +49,7 @@ __all__ = [
     "machine_info",
     "median",
     "peak_rss_mb",
+    "checkpoint_clashes",
     "resolve_checkpoint",
     "run_isolated",
     "setup_logging",
@@ -455,7 +456,7 @@ def load_profile(config: str | Path | None, overrides: Mapping[str, Any] | None 
     return sections
 
 
-def _clashes(path: Path, sections: Mapping[str, Any] | None) -> list[str]:
+def checkpoint_clashes(path: Path, sections: Mapping[str, Any] | None) -> list[str]:
     """Binding keys (preprocessing, network) where ``sections`` differ from what the model at ``path`` recorded."""
     if sections is None:
         return []
@@ -488,7 +489,7 @@ def resolve_checkpoint(
     """
     path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
     if path.is_file():
-        clashes = _clashes(path, sections)
+        clashes = checkpoint_clashes(path, sections)
         if not clashes:
             return path, True
         if checkpoint:
