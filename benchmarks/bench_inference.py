@@ -245,11 +245,14 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
         "pivot": {}, "baseline": {}, "pivot_tta": {}, "pivot_no_reuse": {}, "baseline_levers": {}, "pivot_bf16": {},
         "pivot_area": {}, "pivot_fpr": {},
     }  # fmt: skip
+    from pivot_monai.inference.fpr import CLASSIFIER_NAME
+
     # the second stage `pivot infer` runs by default when the detector has one (fpr.pt beside it)
-    fpr = checkpoint.with_name("fpr.pt") if trained and checkpoint.with_name("fpr.pt").is_file() else None
+    fpr = checkpoint.with_name(CLASSIFIER_NAME)
+    fpr = fpr if trained and fpr.is_file() else None
     area = {**sections, "data": {**sections["data"], "antialias": "area"}}
     # a model records its preprocessing, and the predictor refuses other preprocessing than it was trained on
-    area_clash = checkpoint_clashes(checkpoint, area) if trained else []
+    area_clash = [] if args.quick else checkpoint_clashes(checkpoint, area)
     area_fits = not args.quick and not area_clash
     if area_clash:
         logger.info("the data.antialias: area arm is skipped: %s (its time needs a model trained with it, or none)",

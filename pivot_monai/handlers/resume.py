@@ -292,12 +292,10 @@ class TrainingCheckpointer:
             state["pivot"]["final_validation"] = final_validation
         path = atomic_save(state, self.save_dir / name)
         self.last_saved = (iteration, path)
-        # a checkpoint awaiting the final validation is removed after it (unless saved over): it rotates out nothing
-        removed = (
-            [] if final_validation == "pending" else rotate_checkpoints(self.save_dir, self.keep_last_n, protect=path)
-        )
         if final_validation == "pending":
-            return path  # before_final_validation says it, with model.pt
+            # removed after the final validation (unless saved over), so it rotates out nothing; the caller logs it
+            return path
+        removed = rotate_checkpoints(self.save_dir, self.keep_last_n, protect=path)
         self.logger.info(
             "saved checkpoint %s (epoch %d, iteration %d)%s",
             path,
