@@ -337,16 +337,16 @@ class ChestModel:
         return np.broadcast_to(occ, np.broadcast_shapes(np.shape(x), np.shape(y))).astype(np.float32)
 
     # ------------------------------------------------------------------ fissures
-    def fissure_distances(
-        self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float
+    def fissure_surfaces(
+        self, x: np.ndarray, y: np.ndarray
     ) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
-        """Yields ``(distance, valid, nz, visibility)`` per fissure surface.
+        """Yields ``(height, valid, norm, visibility)`` per fissure surface, which does not depend on z.
 
-        ``distance`` (mm, approximate) is the points' signed distance to the surface, ``nz`` the z-component of
-        its normal, ``visibility`` the fissure's (see :class:`Fissure`).
-
-        ``valid`` marks where the surface exists (on its lung's side, outside its medial gap; the horizontal fissure
-        only in front of the oblique one). Arrays broadcast like ``x``, ``y``, ``z``.
+        ``height`` is the surface's z (mm) above each ``(x, y)``; a point's signed distance to it is about
+        ``(z - height) / norm`` (``norm`` is ``sqrt(1 + slope^2)``, 1 for the horizontal fissure). ``valid`` marks
+        where the surface exists (on its lung's side, outside its medial gap; the horizontal fissure only in front
+        of the oblique one); ``visibility`` is the fissure's (see :class:`Fissure`). Arrays broadcast like ``x``
+        and ``y``.
         """
         y_a, y_p = -self.cav_b, self.cav_b_post
         for fis in self.fissures:
@@ -355,10 +355,23 @@ class ChestModel:
             slope = (fis.z_post - fis.z_ant) / (y_p - y_a)
             z_obl = fis.z_ant + slope * (y - y_a) + fis.curve * (1.0 - (2.0 * lateral - 1.0) ** 2)
             valid = (s * (x - self.mx) > 0) & (lateral > fis.gap)
-            norm = float(np.sqrt(1.0 + slope * slope))
-            yield (z - z_obl) / norm, valid, 1.0 / norm, fis.visibility
+            yield z_obl, valid, float(np.sqrt(1.0 + slope * slope)), fis.visibility
             if fis.z_h is not None:
-                yield z - fis.z_h + 0.0 * y, valid & (fis.z_h > z_obl), 1.0, fis.visibility
+                yield np.full(np.broadcast_shapes(np.shape(x), np.shape(y)), float(fis.z_h)), valid & (
+                    fis.z_h > z_obl
+                ), 1.0, fis.visibility
+
+    def fissure_distances(
+        self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
+        """Yields ``(distance, valid, nz, visibility)`` per fissure surface.
+
+        ``distance`` (mm, approximate) is the points' signed distance to the surface, ``nz`` the z-component of
+        its normal; ``valid`` and ``visibility`` are :meth:`fissure_surfaces`'. Arrays broadcast like ``x``, ``y``,
+        ``z``.
+        """
+        for height, valid, norm, visibility in self.fissure_surfaces(x, y):
+            yield (z - height) / norm, valid, 1.0 / norm, visibility
 
     def fissure_distance(self, points: np.ndarray) -> np.ndarray:
         """(N,) unsigned distance (mm) of local points ``(N, 3)`` to the nearest fissure (inf without fissures)."""
