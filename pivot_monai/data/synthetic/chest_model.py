@@ -337,9 +337,7 @@ class ChestModel:
         return np.broadcast_to(occ, np.broadcast_shapes(np.shape(x), np.shape(y))).astype(np.float32)
 
     # ------------------------------------------------------------------ fissures
-    def fissure_surfaces(
-        self, x: np.ndarray, y: np.ndarray
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
+    def fissure_surfaces(self, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray, float, float]]:
         """Yields ``(height, valid, norm, visibility)`` per fissure surface, which does not depend on z.
 
         ``height`` is the surface's z (mm) above each ``(x, y)``; a point's signed distance to it is about
@@ -357,9 +355,12 @@ class ChestModel:
             valid = (s * (x - self.mx) > 0) & (lateral > fis.gap)
             yield z_obl, valid, float(np.sqrt(1.0 + slope * slope)), fis.visibility
             if fis.z_h is not None:
-                yield np.full(np.broadcast_shapes(np.shape(x), np.shape(y)), float(fis.z_h)), valid & (
-                    fis.z_h > z_obl
-                ), 1.0, fis.visibility
+                yield (
+                    np.full(np.broadcast_shapes(np.shape(x), np.shape(y)), float(fis.z_h)),
+                    valid & (fis.z_h > z_obl),
+                    1.0,
+                    fis.visibility,
+                )
 
     def fissure_distances(
         self, x: np.ndarray, y: np.ndarray, z: np.ndarray | float

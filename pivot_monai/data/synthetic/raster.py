@@ -16,6 +16,7 @@ cost proportional to the object, not to the volume.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -171,16 +172,27 @@ def ellipse_sd(dx: np.ndarray, dy: np.ndarray, a: float, b: float) -> np.ndarray
     First-order estimate ``f / |grad f|`` of ``f = 1 - rho``; exact on the boundary and along the axes, and a
     smooth, slightly conservative estimate elsewhere.
     """
+    return _ellipse_sd(dx, dy, a, b, _EPS / min(a, b))
+
+
+def _ellipse_sd(dx: np.ndarray, dy: np.ndarray, a: float, b: Any, eps: Any) -> np.ndarray:
     u = dx / a
     v = dy / b
     rho = np.sqrt(u * u + v * v)
     g = np.sqrt((u / a) ** 2 + (v / b) ** 2)
-    return (1.0 - rho) * (rho + _EPS) / (g + _EPS / min(a, b))
+    return (1.0 - rho) * (rho + _EPS) / (g + eps)
 
 
 def egg_sd(dx: np.ndarray, dy: np.ndarray, a: float, b_neg: float, b_pos: float) -> np.ndarray:
     """:func:`ellipse_sd` of an ellipse whose y semi-axis is ``b_neg`` for ``dy < 0`` and ``b_pos`` otherwise."""
-    return np.where(dy < 0, ellipse_sd(dx, dy, a, b_neg), ellipse_sd(dx, dy, a, b_pos))
+    # one pass with a per-point semi-axis, in the dtype a scalar one would take: the same values as evaluating both
+    # halves and picking one, at half the cost
+    dy = np.asarray(dy)
+    dtype = dy.dtype if np.issubdtype(dy.dtype, np.floating) else np.float64
+    lower = dy < 0
+    b = np.where(lower, b_neg, b_pos).astype(dtype)
+    eps = np.where(lower, _EPS / min(a, b_neg), _EPS / min(a, b_pos)).astype(dtype)
+    return _ellipse_sd(dx, dy, a, b, eps)
 
 
 def superellipse_sd(dx: np.ndarray, dy: np.ndarray, a: float, b: float, p: float) -> np.ndarray:
