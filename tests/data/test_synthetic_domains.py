@@ -54,7 +54,24 @@ def test_domains_change_scans_but_each_is_deterministic():
     assert np.array_equal(train_a.array, train_b.array)
     assert train_a.info["domain"] == "train" and held.info["domain"] == "heldout"
     assert not np.array_equal(train_a.array, held.array)
-    assert 40.0 <= held.info["noise_hu"] <= 60.0 and held.info["sharpness"] >= 0.7
+    assert any(lo <= held.info["noise_hu"] <= hi for lo, hi in DOMAINS["heldout"].noise_hu)
+    assert any(lo <= held.info["sharpness"] <= hi for lo, hi in DOMAINS["heldout"].sharpness)
+
+
+# the real-CT range of each axis (lung noise of clinical to low-dose protocols, soft to sharp lung kernels, ...)
+REAL_RANGE = {"noise_hu": (10.0, 50.0), "sharpness": (0.0, 1.0), "vessel_density": (0.8, 1.4), "fat_mm": (3.0, 24.0),
+              "lung_hu": (-900.0, -845.0)}  # fmt: skip
+
+
+@pytest.mark.parametrize("axis", DISJOINT)
+def test_training_domain_spans_the_real_range_and_heldout_reaches_beyond_it(axis):
+    train, held = _bands(getattr(DOMAINS["train"], axis)), _bands(getattr(DOMAINS["heldout"], axis))
+    lo, hi = REAL_RANGE[axis]
+    assert min(b[0] for b in train) <= lo and max(b[1] for b in train) >= hi  # no real-CT look is left out
+    # each held-out axis has a band between training bands and one beyond the training range
+    inside = [b for b in held if min(t[0] for t in train) <= b[0] and b[1] <= max(t[1] for t in train)]
+    beyond = [b for b in held if b[1] <= min(t[0] for t in train) or b[0] >= max(t[1] for t in train)]
+    assert inside and beyond
 
 
 def test_heldout_ground_glass_sits_at_the_far_ends(rng):

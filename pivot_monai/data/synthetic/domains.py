@@ -2,13 +2,22 @@
 
 A detector trained on one synthetic look learns that look. Every scan therefore draws its patient, pathology and
 scanner parameters from the ranges of a :class:`Domain`, and validation uses a second domain whose ranges do not
-overlap the training domain on the axes that change how nodules and their mimics look:
+overlap the training domain on the axes that change how nodules and their mimics look.
 
-* ``train``: moderate dose (lung noise sigma 8-40 HU), soft to medium-sharp kernels, normal vessel density, slim
-  to average body habitus, ground-glass nodules at -650..-350 HU, lungs at -885..-845 HU.
-* ``heldout``: low dose (40-60 HU), sharp kernels with edge overshoot, 25-60 % denser vessel trees, large bodies
-  (thicker fat, wider field of view), ground-glass at the far ends (-760..-650 and -350..-250 HU), lungs at
-  -915..-885 HU, more emphysema, streaks and breathing motion, nodules skewed small.
+The training domain spans the real-CT range of every such axis, as a real training set does (LUNA16 holds
+low-dose scans, sharp lung kernels, slim and obese patients): a detector that never saw a 50 HU low-dose scan or a
+sharp kernel fails on the first one, whatever generator it comes from. Its ranges are bands with gaps between them;
+the held-out domain takes the gaps and one far end of each axis, so no held-out scan shares a value with a training
+scan on any of these axes, and part of it lies beyond anything trained on:
+
+* noise sigma in the lungs (HU): train 8-22 and 30-50; held-out 22-30 and 50-60 (low dose);
+* kernel edge enhancement: train 0-0.4 and 0.6-1.0 (soft to sharp); held-out 0.4-0.6 and 1.0-1.3 (sharpest);
+* vessel-tree density: train 0.8-1.05 and 1.2-1.4; held-out 1.05-1.2 and 1.4-1.6 (densest);
+* subcutaneous fat (body habitus, the field of view follows): train 3-12 and 18-24 mm; held-out 12-18 and 24-30;
+* lung attenuation: train -900..-880 and -865..-845 HU; held-out -880..-865 and -915..-900;
+* ground-glass attenuation: train -650..-350 HU; held-out the far ends, -760..-650 and -350..-250;
+* the held-out domain also has more emphysema, streaks, breathing motion and scars, more juxtavascular nodules,
+  and nodules skewed small.
 
 Shared axes (point-spread width, slice spacing, anatomy, nodule shapes) are drawn from the same ranges in both.
 Nothing trained or selected on ``train`` scans ever sees a ``heldout`` scan: ``make demo`` and ``bench_quality``
@@ -24,11 +33,12 @@ import numpy as np
 __all__ = ["DOMAINS", "Domain", "draw", "get_domain"]
 
 Range = tuple[float, float]
+Bands = tuple[Range, ...]
 
 
 @dataclass(frozen=True)
 class Domain:
-    """Ranges (uniform unless a tuple of bands is given) from which one scan's parameters are drawn.
+    """Bands from which one scan's parameters are drawn: one band, equally likely, then uniform within it.
 
     Attributes:
         name: domain name (``train`` or ``heldout``).
@@ -47,12 +57,12 @@ class Domain:
     """
 
     name: str
-    noise_hu: Range
-    sharpness: Range
-    vessel_density: Range
-    fat_mm: Range
-    lung_hu: Range
-    ggo_hu: tuple[Range, ...]
+    noise_hu: Bands
+    sharpness: Bands
+    vessel_density: Bands
+    fat_mm: Bands
+    lung_hu: Bands
+    ggo_hu: Bands
     nodule_median_mm: float
     emphysema_prob: float
     streak_prob: float
@@ -64,11 +74,11 @@ class Domain:
 DOMAINS: dict[str, Domain] = {
     "train": Domain(
         name="train",
-        noise_hu=(8.0, 40.0),
-        sharpness=(0.0, 0.7),
-        vessel_density=(0.8, 1.25),
-        fat_mm=(3.0, 16.0),
-        lung_hu=(-885.0, -845.0),
+        noise_hu=((8.0, 22.0), (30.0, 50.0)),
+        sharpness=((0.0, 0.4), (0.6, 1.0)),
+        vessel_density=((0.8, 1.05), (1.2, 1.4)),
+        fat_mm=((3.0, 12.0), (18.0, 24.0)),
+        lung_hu=((-900.0, -880.0), (-865.0, -845.0)),
         ggo_hu=((-650.0, -350.0),),
         nodule_median_mm=6.5,
         emphysema_prob=0.3,
@@ -79,11 +89,11 @@ DOMAINS: dict[str, Domain] = {
     ),
     "heldout": Domain(
         name="heldout",
-        noise_hu=(40.0, 60.0),
-        sharpness=(0.7, 1.3),
-        vessel_density=(1.25, 1.6),
-        fat_mm=(16.0, 30.0),
-        lung_hu=(-915.0, -885.0),
+        noise_hu=((22.0, 30.0), (50.0, 60.0)),
+        sharpness=((0.4, 0.6), (1.0, 1.3)),
+        vessel_density=((1.05, 1.2), (1.4, 1.6)),
+        fat_mm=((12.0, 18.0), (24.0, 30.0)),
+        lung_hu=((-880.0, -865.0), (-915.0, -900.0)),
         ggo_hu=((-760.0, -650.0), (-350.0, -250.0)),
         nodule_median_mm=5.5,
         emphysema_prob=0.5,
