@@ -488,13 +488,14 @@ def resolve_checkpoint(
         ValueError: ``checkpoint`` was trained with other binding settings than ``sections``.
     """
     path = Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
+    reason = f"no usable checkpoint at {path}"
     if path.is_file():
         clashes = checkpoint_clashes(path, sections)
         if not clashes:
             return path, True
         if checkpoint:
             raise ValueError(f"--checkpoint {path} does not fit this benchmark's settings: {'; '.join(clashes)}")
-        logger.warning("%s does not fit this benchmark's settings (%s)", path, "; ".join(clashes))
+        reason = f"{path} does not fit this benchmark's settings ({'; '.join(clashes)})"
     import torch
 
     from pivot_monai.networks import build_network
@@ -506,9 +507,9 @@ def resolve_checkpoint(
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(state, out)
     logger.warning(
-        "no usable checkpoint at %s (train one with `make demo` or pass --checkpoint): using random weights %s; "
+        "%s (train one with `make demo` or pass --checkpoint): using random weights %s; "
         "speed and memory are valid, CPM and the other quality numbers are meaningless",
-        path,
+        reason,
         out,
     )
     return out, False

@@ -39,6 +39,8 @@ def test_quick_settings_pass_over_the_default_model_for_random_weights(demo_mode
     path, trained = resolve_checkpoint(None, NET, sections)
     assert not trained and path != demo_model and path.is_file()
     assert "data.target_spacing: [4.0, 4.0, 4.0] (config) vs [1.5, 1.5, 1.5] (model)" in caplog.text
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "using random weights" in warnings[0].getMessage()  # one warning says both
 
 
 def test_a_given_checkpoint_that_does_not_fit_is_an_error(demo_model):
