@@ -192,3 +192,38 @@ def test_scan_statistics_measure_lungs_and_vessels():
     assert 0 < stats["within_10mm_pct"] <= 100
     text, _ = realism_report([stats])
     assert "Realism report over 1 scan(s)" in text
+
+
+def test_fissures_match_their_voxel_by_voxel_definition():
+    """draw_fissures visits only lung voxels near each surface: it must equal the profile evaluated everywhere."""
+    from pivot_monai.data.synthetic import pathology
+    from pivot_monai.data.synthetic.anatomy import render_anatomy
+    from pivot_monai.data.synthetic.scanner import PRESETS, sample_grid
+
+    rng = np.random.default_rng(5)
+    model = sample_chest_model(rng, get_domain("train"))
+    grid, _ = sample_grid(rng, PRESETS["small"], model)
+    _, lung = render_anatomy(model, grid, rng)
+    hu = np.full(grid.shape, -850.0, dtype=np.float32)
+    pathology.draw_fissures(hu, grid, lung, model)
+
+    x, y, z = (grid.axis(a).astype(np.float64).reshape([-1 if a == b else 1 for b in range(3)]) for a in range(3))
+    t = pathology._FISSURE_THICKNESS_MM
+    add = np.zeros(grid.shape)
+    for d, valid, nz, visibility in model.fissure_distances(x, y, z):
+        w = max(t, float(np.hypot(grid.h * np.sqrt(1.0 - nz * nz), grid.thickness * nz)))
+        add = np.maximum(add, np.where(valid, np.clip(1.0 - np.abs(d) / w, 0.0, None) * visibility * t / w, 0.0))
+    expected = np.where(lung, -850.0 + add * (pathology._PLEURA_HU + 850.0), -850.0)
+    assert (hu > -849.0).sum() > 100  # the fissures are drawn
+    np.testing.assert_allclose(hu, expected, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_egg_sd_is_the_two_half_ellipses_it_joins(dtype):
+    from pivot_monai.data.synthetic.raster import egg_sd, ellipse_sd
+
+    g = np.linspace(-140.0, 140.0, 97, dtype=dtype)
+    dx, dy = g[:, None], g[None, :]
+    expected = np.where(dy < 0, ellipse_sd(dx, dy, 120.0, 80.0), ellipse_sd(dx, dy, 120.0, 95.0))
+    got = egg_sd(dx, dy, 120.0, 80.0, 95.0)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)  # bit for bit: scans stay the same
