@@ -38,27 +38,27 @@ def draw_fissures(hu: np.ndarray, grid: RenderGrid, lung: np.ndarray, model: Che
     x = grid.axis(0)[:, None].astype(np.float64)
     y = grid.axis(1)[None, :].astype(np.float64)
     h, thick = grid.h, grid.thickness
-    # the surfaces do not depend on z: computed once, then each slice only visits its lung voxels on the surfaces
+    # the surfaces do not depend on z: computed once, then each slice only visits its lung voxels, on the surfaces
     # that come within a profile half-width of it
-    surfaces = []
+    shape = (len(x), y.shape[1])
+    surfaces, z_ranges = [], []
     for height, valid, norm, visibility in model.fissure_surfaces(x, y):
         nz = 1.0 / norm
         w = max(_FISSURE_THICKNESS_MM, float(np.hypot(h * np.sqrt(1.0 - nz * nz), thick * nz)))
-        shape = (len(x), y.shape[1])
         height, valid = np.broadcast_to(height, shape), np.broadcast_to(valid, shape)
         if valid.any():
-            lo, hi = float(height[valid].min()), float(height[valid].max())
             reach = w * norm  # |d| < w where |z - height| < w * norm
-            surfaces.append((height, valid, norm, w, visibility * _FISSURE_THICKNESS_MM / w, lo - reach, hi + reach))
+            surfaces.append((height, valid, norm, w, visibility * _FISSURE_THICKNESS_MM / w))
+            z_ranges.append((float(height[valid].min()) - reach, float(height[valid].max()) + reach))
     for k, z in enumerate(grid.axis(2).astype(np.float64)):
-        near = [s for s in surfaces if s[5] < z < s[6]]
+        near = [surface for surface, (lo, hi) in zip(surfaces, z_ranges) if lo < z < hi]
         if not near:
             continue
         ix, iy = np.nonzero(lung[:, :, k])
         if len(ix) == 0:
             continue
         add = np.zeros(len(ix), dtype=np.float32)
-        for height, valid, norm, w, gain, _, _ in near:
+        for height, valid, norm, w, gain in near:
             d = (z - height[ix, iy]) / norm
             profile = np.clip(1.0 - np.abs(d) / w, 0.0, None) * gain
             np.maximum(add, np.where(valid[ix, iy], profile, 0.0).astype(np.float32), out=add)

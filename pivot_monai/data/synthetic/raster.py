@@ -189,10 +189,8 @@ def egg_sd(dx: np.ndarray, dy: np.ndarray, a: float, b_neg: float, b_pos: float)
     # halves and picking one, at half the cost
     dy = np.asarray(dy)
     dtype = dy.dtype if np.issubdtype(dy.dtype, np.floating) else np.float64
-    lower = dy < 0
-    b = np.where(lower, b_neg, b_pos).astype(dtype)
-    eps = np.where(lower, _EPS / min(a, b_neg), _EPS / min(a, b_pos)).astype(dtype)
-    return _ellipse_sd(dx, dy, a, b, eps)
+    b = np.where(dy < 0, b_neg, b_pos)  # float64, as the scalar semi-axis is
+    return _ellipse_sd(dx, dy, a, b.astype(dtype), (_EPS / np.minimum(a, b)).astype(dtype))
 
 
 def superellipse_sd(dx: np.ndarray, dy: np.ndarray, a: float, b: float, p: float) -> np.ndarray:
