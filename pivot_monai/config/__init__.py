@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ __all__ = [
     "load_yaml",
     "translate",
     "validate_keys",
+    "walk_keys",
 ]
 
 
@@ -138,25 +139,43 @@ def load_layered(paths: list[str | Path]) -> dict[str, Any]:
     return merged
 
 
-def validate_keys(user: dict[str, Any], reference: dict[str, Any], prefix: str = "", source: str = "config") -> None:
+_UNSET = object()
+
+
+def walk_keys(
+    user: Mapping[str, Any], reference: Mapping[str, Any], skip: Collection[str] = (), _path: str = ""
+) -> Iterator[tuple[str, Any, Any, Mapping[str, Any]]]:
+    """Each key of ``user`` against ``reference`` (its defaults), recursively: ``(dotted path, key, value, section)``.
+
+    ``section`` is the reference mapping the key belongs to: the key is unknown when it is not in it. Known keys
+    whose value and default are both mappings are descended into, not yielded, unless the path is in ``skip`` (a
+    free-form section) or the user's mapping names another MONAI ``_target_`` (its arguments are its own).
+    """
+    for key, value in user.items():
+        path = f"{_path}.{key}" if _path else str(key)
+        default = reference.get(key, _UNSET)
+        if isinstance(value, Mapping) and isinstance(default, Mapping) and path not in skip:
+            if "_target_" in value and value["_target_"] != default.get("_target_"):
+                continue
+            yield from walk_keys(value, default, skip, path)
+        elif path not in skip or default is _UNSET:
+            yield path, key, value, reference
+
+
+def validate_keys(user: dict[str, Any], reference: dict[str, Any], source: str = "config") -> None:
     """Check that every key of ``user`` exists in ``reference`` (recursively).
 
     Raises:
         ConfigKeyError: naming the unknown key (dotted path) and suggesting the closest valid one.
     """
-    for key, value in user.items():
-        path = f"{prefix}{key}"
-        if key not in reference:
-            hint = difflib.get_close_matches(str(key), [str(k) for k in reference], n=1, cutoff=0.5)
-            suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
-            valid = ", ".join(sorted(str(k) for k in reference))
-            raise ConfigKeyError(f"{source}: unknown key '{path}'{suggestion} (valid keys here: {valid})")
-        if path in _FREE_FORM:
+    for path, key, _, section in walk_keys(user, reference, skip=_FREE_FORM):
+        if key in section:
             continue
-        if isinstance(value, dict) and isinstance(reference[key], dict):
-            if "_target_" in value and value["_target_"] != reference[key].get("_target_"):
-                continue  # another MONAI component in its place: its arguments are its own
-            validate_keys(value, reference[key], prefix=f"{path}.", source=source)
+        prefix = path[: len(path) - len(str(key))]
+        hint = difflib.get_close_matches(str(key), [str(k) for k in section], n=1, cutoff=0.5)
+        suggestion = f"; did you mean '{prefix}{hint[0]}'?" if hint else ""
+        valid = ", ".join(sorted(str(k) for k in section))
+        raise ConfigKeyError(f"{source}: unknown key '{path}'{suggestion} (valid keys here: {valid})")
 
 
 def expand_paths(config: dict[str, Any]) -> dict[str, Any]:

@@ -18,6 +18,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from pivot_monai.config import walk_keys
+
 __all__ = [
     "ConfigValueError",
     "check_annotations",
@@ -213,7 +215,7 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
 
 
 def check_literal_types(
-    config: Mapping[str, Any], defaults: Mapping[str, Any], skip: frozenset[str] = frozenset(), _path: str = ""
+    config: Mapping[str, Any], defaults: Mapping[str, Any], skip: frozenset[str] = frozenset()
 ) -> None:
     """Each literal value of ``config`` has the kind of its default: a flag is ``true``/``false``, a number a number.
 
@@ -231,16 +233,11 @@ def check_literal_types(
         ConfigValueError: the first flag that is not a bool or number that is not a number, naming its key and the
             command-line spelling.
     """
-    for key, value in config.items():
-        path = f"{_path}.{key}" if _path else str(key)
-        if key not in defaults or path in skip or _is_expression(value):
+    for path, key, value, section in walk_keys(config, defaults, skip):
+        if key not in section or _is_expression(value):
             continue
-        default = defaults[key]
-        if isinstance(value, Mapping) and isinstance(default, Mapping):
-            if "_target_" in value and value["_target_"] != default.get("_target_"):
-                continue
-            check_literal_types(value, default, skip, path)
-        elif isinstance(default, bool) and not isinstance(value, bool):
+        default = section[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
             raise _fail(
                 path,
                 "true or false",
