@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= data/demo
+DEMO_FAST_DIR ?= data/demo-fast
 # Threads per process; 2-core machine by default.
 export OMP_NUM_THREADS ?= 2
 # Idle OpenMP threads sleep instead of spinning: on a 2-core machine with a DataLoader worker, spinning threads
 # oversubscribe the cores and make training steps 2-15x slower and erratic (measured; see benchmarks/README.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo test test-slow bench lint clean
+.PHONY: venv demo demo-fast test test-slow bench lint clean
 
 $(STAMP): pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +26,11 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) scripts/run_demo.py --work-dir $(DEMO_DIR)
+
+# the 15-minute first run: fewer scans and epochs, a lower held-out CPM (benchmarks/README.md); model in
+# bundle/models/demo_fast/
+demo-fast: $(STAMP)
+	$(PY) scripts/run_demo.py --fast --work-dir $(DEMO_FAST_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q tests
@@ -40,4 +46,4 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check pivot_monai tests scripts benchmarks
 
 clean:
-	rm -rf $(VENV) data/demo
+	rm -rf $(VENV) data/demo data/demo-fast

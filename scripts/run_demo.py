@@ -10,6 +10,10 @@ nothing trains or selects on. The summary prints both domains: CPM with CIs, FP/
 per-category sensitivities. After the detector, the false-positive-reduction classifier is trained on its candidates
 (``pivot train-fpr``; ``--no-fpr`` skips it). Synthesis is skipped when its output exists (cached between runs)
 and preprocessing resumes, so an interrupted demo continues.
+
+``--fast`` (``make demo-fast``) is the 15-minute first run: 70 + 16 scans and ``bundle/configs/demo_fast.yaml``
+layered over ``demo.yaml`` (16 epochs, a 14-epoch classifier), trained into ``bundle/models/demo_fast/``. It
+scores lower on the held-out domain than ``make demo`` (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from pivot_monai.data.synthetic import dataset_is_current
 logger = logging.getLogger("pivot_monai.demo")
 
 DEMO_CONFIG = Path("bundle/configs/demo.yaml")
+FAST_CONFIG = Path("bundle/configs/demo_fast.yaml")
+MODELS = Path("bundle/models")
+FAST_MODELS = MODELS / "demo_fast"  # its own run folder: a fast run never resumes into or over the full one
 METADATA = Path("bundle/configs/metadata.json")
 TRAIN_SIZE = "medium"
 HELDOUT_SEED = 9000  # seeds >= 1000 are never trained on
@@ -53,9 +60,11 @@ def synth(raw: Path, num_scans: int, seed: int, size: str, domain: str, derived:
     return pivot(argv)
 
 
-def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool = True) -> int:
+def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool = True, fast: bool = False) -> int:
     raw, processed, heldout = work_dir / "raw", work_dir / "processed", work_dir / "heldout_raw"
     config = ["--config", str(DEMO_CONFIG)] if DEMO_CONFIG.exists() else []
+    models = FAST_MODELS if fast else MODELS
+    checkpoint = models / "model.pt"
     code = synth(raw, num_scans, seed, TRAIN_SIZE, "train", [processed], work_dir / "preview_train.png")
     code = code or synth(
         heldout, heldout_scans, HELDOUT_SEED, "fullsize", "heldout", [], work_dir / "preview_heldout.png"
@@ -73,29 +82,35 @@ def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool
         if code:
             logger.error("[demo] step %s failed with exit code %d", argv[0], code)
             return code
-    code = train(processed)
+    code = train(processed, [DEMO_CONFIG, FAST_CONFIG] if fast else [DEMO_CONFIG], models)
     if code:
         return code
     if fpr:
         # the second stage learns the detector's own candidates on the training scans; pivot infer and evaluate then
-        # use bundle/models/fpr.pt by default
-        argv = ["train-fpr", "--data-dir", str(processed / "train"), "--checkpoint", "bundle/models/model.pt"]
+        # use the fpr.pt beside model.pt by default (the fast profile's fpr section sets fewer epochs)
+        argv = ["train-fpr", "--data-dir", str(processed / "train"), "--checkpoint", str(checkpoint)]
+        argv += ["--config", str(FAST_CONFIG)] if fast else []
         logger.info("[demo] train-fpr: pivot %s", " ".join(argv))
         code = pivot(argv)
         if code:
             logger.error("[demo] train-fpr failed with exit code %d", code)
             return code
     # model.pt describes itself (network, preprocessing, inference settings): no --config from here on
-    return infer_and_evaluate(work_dir, processed, heldout)
+    return infer_and_evaluate(work_dir, processed, heldout, checkpoint, metadata=None if fast else METADATA)
 
 
 def infer_and_evaluate(
     work_dir: Path,
     processed: Path,
     heldout: Path,
-    checkpoint: Path = Path("bundle/models/model.pt"),
+    checkpoint: Path = MODELS / "model.pt",
+    metadata: Path | None = METADATA,
 ) -> int:
-    """Infer on the raw test scans, evaluate both domains and print the cross-domain summary."""
+    """Infer on the raw test scans, evaluate both domains and print the cross-domain summary.
+
+    ``metadata``: the bundle's ``metadata.json``, whose ``eval_metrics`` get these figures (None: left alone, for a
+    model that is not the bundle's ``models/model.pt``).
+    """
     from pivot_monai.inference.crossdomain import domain_summary, format_domain_summaries
     from pivot_monai.inference.model_card import write_bundle_metrics
 
@@ -117,8 +132,8 @@ def infer_and_evaluate(
             return code
         summaries[name] = domain_summary(out, data_dir)
     (results / "domains.json").write_text(json.dumps(summaries, indent=1) + "\n")
-    # the bundle's metadata.json carries the measured metrics of the model it ships, both domains
-    write_bundle_metrics(METADATA, {name: out / "metrics.json" for name, (_, out) in sets.items()})
+    if metadata is not None:  # the bundle's metadata.json carries the measured metrics of the model it ships
+        write_bundle_metrics(metadata, {name: out / "metrics.json" for name, (_, out) in sets.items()})
     logger.info("[demo] summary\n%s", format_domain_summaries(summaries))
     logger.info(
         "[demo] outputs: model %s, candidates %s, metrics %s and %s, FROC plots %s and %s, previews %s",
@@ -133,19 +148,14 @@ def infer_and_evaluate(
     return 0
 
 
-def train(processed: Path) -> int:
-    """Train with the real bundle command and the demo profile; returns its exit code."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "training",
-        "--config_file",
-        "['bundle/configs/train.yaml','bundle/configs/demo.yaml']",
-        "--dataset_dir",
-        str(processed),
-    ]
+def train(processed: Path, profile: list[Path], models: Path = MODELS) -> int:
+    """Train with the real bundle command and the demo ``profile`` layered over train.yaml into ``models``; returns
+    its exit code."""
+    files = ",".join(f"'{f.as_posix()}'" for f in [Path("bundle/configs/train.yaml"), *profile])
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", f"[{files}]"]
+    cmd += ["--dataset_dir", str(processed)]
+    if models != MODELS:
+        cmd += ["--checkpointing#dir", str(models), "--logging#log_dir", str(models / "logs")]
     logger.info("[demo] train: %s", " ".join(cmd))
     t0 = time.perf_counter()
     code = subprocess.call(cmd)
@@ -156,11 +166,22 @@ def train(processed: Path) -> int:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--work-dir", type=Path, default=Path("data/demo"), help="where the demo writes everything")
-    p.add_argument("--num-scans", type=int, default=100, help="train-domain scans (demo.yaml is sized for 100)")
-    p.add_argument("--heldout-scans", type=int, default=20, help="fullsize held-out-domain scans, never trained on")
+    p.add_argument("--num-scans", type=int, default=None, help="train-domain scans (default 100; --fast: 70)")
+    p.add_argument(
+        "--heldout-scans",
+        type=int,
+        default=None,
+        help="fullsize held-out-domain scans, never trained on (20; --fast: 16)",
+    )
+    p.add_argument("--fast", action="store_true", help="the 15-minute profile (demo_fast.yaml; module docstring)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the split")
     p.add_argument("--no-fpr", action="store_true", help="skip the false-positive-reduction classifier")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.num_scans is None:
+        args.num_scans = 70 if args.fast else 100
+    if args.heldout_scans is None:
+        args.heldout_scans = 16 if args.fast else 20
+    return args
 
 
 if __name__ == "__main__":
@@ -168,4 +189,4 @@ if __name__ == "__main__":
 
     setup_logging()
     args = parse_args()
-    sys.exit(run(args.work_dir, args.num_scans, args.seed, args.heldout_scans, fpr=not args.no_fpr))
+    sys.exit(run(args.work_dir, args.num_scans, args.seed, args.heldout_scans, fpr=not args.no_fpr, fast=args.fast))

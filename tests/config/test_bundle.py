@@ -35,9 +35,22 @@ def _monai_merged(*files, **overrides):
     return parser.get()
 
 
-@pytest.mark.parametrize("extra", [[], ["demo.yaml"], ["features_example.yaml"], ["multi_gpu_train.yaml"]])
+@pytest.mark.parametrize(
+    "extra", [[], ["demo.yaml"], ["demo.yaml", "demo_fast.yaml"], ["features_example.yaml"], ["multi_gpu_train.yaml"]]
+)
 def test_the_bundle_defaults_and_profiles_pass(extra):
     check_merged_config(_monai_merged(CONFIGS / "train.yaml", *(CONFIGS / e for e in extra)))
+
+
+def test_the_fast_demo_profile_shortens_the_detector_and_the_classifier():
+    from pivot_monai.inference.fpr import load_fpr_section
+
+    demo = _monai_merged(CONFIGS / "train.yaml", CONFIGS / "demo.yaml")
+    fast = _monai_merged(CONFIGS / "train.yaml", CONFIGS / "demo.yaml", CONFIGS / "demo_fast.yaml")
+    assert (demo["training"]["epochs"], fast["training"]["epochs"], fast["validation"]["interval"]) == (22, 16, 16)
+    assert fast["data"] == demo["data"] and fast["model"] == demo["model"]  # the same network and preprocessing
+    # pivot train-fpr --config demo_fast.yaml reads its fpr section over fpr.yaml's
+    assert (load_fpr_section(None)["epochs"], load_fpr_section(CONFIGS / "demo_fast.yaml")["epochs"]) == (20, 14)
 
 
 def test_what_pivot_train_merges_from_the_guides_complete_example_passes():

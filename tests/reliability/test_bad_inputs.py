@@ -452,7 +452,13 @@ def test_the_bundle_defaults_and_profiles_pass():
     from tests.conftest import REPO_ROOT
 
     configs = REPO_ROOT / "bundle" / "configs"
-    for extra in ([], ["demo.yaml"], ["features_example.yaml"], ["multi_gpu_train.yaml"]):
+    for extra in (
+        [],
+        ["demo.yaml"],
+        ["demo.yaml", "demo_fast.yaml"],
+        ["features_example.yaml"],
+        ["multi_gpu_train.yaml"],
+    ):
         parser = ConfigParser()
         parser.read_config([str(configs / "train.yaml"), *(str(configs / e) for e in extra)])
         validate_training_config(parser.get())

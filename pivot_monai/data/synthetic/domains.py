@@ -14,8 +14,10 @@ scan on any of these axes, and part of it lies beyond anything trained on:
 * kernel edge enhancement: train 0-0.4 and 0.6-1.0 (soft to sharp); held-out 0.4-0.6 and 1.0-1.3 (sharpest);
 * vessel-tree density: train 0.8-1.05 and 1.2-1.4; held-out 1.05-1.2 and 1.4-1.6 (densest);
 * subcutaneous fat (body habitus, the field of view follows): train 3-12 and 18-24 mm; held-out 12-18 and 24-30;
-* lung attenuation: train -900..-880 and -865..-845 HU; held-out -880..-865 and -915..-900;
-* ground-glass attenuation: train -650..-350 HU; held-out the far ends, -760..-650 and -350..-250;
+* lung attenuation: train -910..-890 and -875..-855 HU; held-out -890..-875 and -925..-910 (the parenchyma value
+  before vessels are added; the training bands put mean lung density and Perc15 inside their real-CT ranges);
+* ground-glass attenuation: train -720..-620 and -560..-300 HU (the real -700..-300 range); held-out -620..-560
+  and both far ends, -780..-720 and -300..-240;
 * the held-out domain also has more emphysema, streaks, breathing motion and scars, more juxtavascular nodules,
   and nodules skewed small.
 
@@ -78,8 +80,8 @@ DOMAINS: dict[str, Domain] = {
         sharpness=((0.0, 0.4), (0.6, 1.0)),
         vessel_density=((0.8, 1.05), (1.2, 1.4)),
         fat_mm=((3.0, 12.0), (18.0, 24.0)),
-        lung_hu=((-900.0, -880.0), (-865.0, -845.0)),
-        ggo_hu=((-650.0, -350.0),),
+        lung_hu=((-910.0, -890.0), (-875.0, -855.0)),
+        ggo_hu=((-720.0, -620.0), (-560.0, -300.0)),
         nodule_median_mm=6.5,
         emphysema_prob=0.3,
         streak_prob=0.3,
@@ -93,8 +95,8 @@ DOMAINS: dict[str, Domain] = {
         sharpness=((0.4, 0.6), (1.0, 1.3)),
         vessel_density=((1.05, 1.2), (1.4, 1.6)),
         fat_mm=((12.0, 18.0), (24.0, 30.0)),
-        lung_hu=((-880.0, -865.0), (-915.0, -900.0)),
-        ggo_hu=((-760.0, -650.0), (-350.0, -250.0)),
+        lung_hu=((-890.0, -875.0), (-925.0, -910.0)),
+        ggo_hu=((-620.0, -560.0), (-780.0, -720.0), (-300.0, -240.0)),
         nodule_median_mm=5.5,
         emphysema_prob=0.5,
         streak_prob=0.6,

@@ -3,7 +3,7 @@
 * Diameters are log-normal (median 6.5 mm, sigma 0.5 in log space) truncated to 3-30 mm, like LUNA16's
   annotations: most nodules are 4-10 mm. Findings of 1.5-3 mm are drawn too but listed as excluded.
 * Types: solid (+20..+60 HU), part-solid (ground-glass halo with a solid core), ground-glass (the domain's
-  bands, -760..-250 HU over both domains) and a few calcified benign ones (+250..+700 HU).
+  bands, -780..-240 HU over both domains) and a few calcified benign ones (+250..+700 HU).
 * Placements: isolated, juxtapleural, juxtavascular (the domain's share) and perifissural (touching a fissure).
 * About a third of the tiny excluded findings are calcified granulomas (+300..+900 HU).
 * Shapes are star-shaped: a sphere stretched by a random near-identity ellipsoid and lobulated by a few smooth
