@@ -159,7 +159,8 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
     ``training.accumulation_steps`` (>= 1), ``training.scheduler.warmup_epochs`` (integer >= 0; not below ``epochs``
     for the cosine schedule is a warning, as the schedule shortens it to ``epochs - 1``), ``training.optimizer.type``,
     ``training.scheduler.type``, ``data.patch_size`` (3 positive integers divisible by ``2 ** model.depth``),
-    ``data.samples_per_volume``, ``data.num_workers``, ``model.depth`` (1-6), ``model.base_filters``,
+    ``data.samples_per_volume``, ``data.positive_sampling``, ``data.positive_contrast_hu`` (> 0),
+    ``data.num_workers``, ``model.depth`` (1-6), ``model.base_filters``,
     ``model.dropout`` ([0, 1)), ``model.activation``, ``model.output_stride`` (1, 2, 4, below ``2 ** depth``),
     ``validation.interval``, ``checkpointing.save_interval`` and ``keep_last_n``; and the keys named as in the
     training guide: ``training.scheduler.t_max`` (integer above ``warmup_epochs``), ``mode`` (max/min) and
@@ -207,6 +208,16 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
             )
     _patch(config, "data.patch_size", 2**depth if depth else None, depth)
     _integer(config, "data.samples_per_volume", 1, "e.g. data.samples_per_volume: 4")
+    from pivot_monai.transforms.sampling import POSITIVE_SAMPLING  # the sampler's own list (imports MONAI)
+
+    _choice(config, "data.positive_sampling", POSITIVE_SAMPLING)
+    _number(
+        config,
+        "data.positive_contrast_hu",
+        lambda v: v > 0,
+        "a number of HU > 0",
+        "e.g. data.positive_contrast_hu: 700",
+    )
     _integer(config, "data.num_workers", 0, "e.g. data.num_workers: 2")
     _integer(config, "validation.interval", 1, "e.g. validation.interval: 1")
     _integer(config, "checkpointing.save_interval", 0, "e.g. checkpointing.save_interval: 5 (0: none)")

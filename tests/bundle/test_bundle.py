@@ -122,6 +122,21 @@ def test_heatmap_keys_reach_the_training_targets(tiny_processed, tmp_path):
     assert [(t.sigma_scale, t.min_sigma_vox) for t in targets] == [(0.3, 1.5)]
 
 
+def test_positive_sampling_keys_reach_the_crop_sampler(tiny_processed, tmp_path):
+    from pivot_monai.transforms.sampling import NoduleCropSamplerd
+
+    overrides = bundle_overrides(
+        TINY_OVERRIDES,
+        **{"data#positive_sampling": "contrast", "data#positive_contrast_hu": 650, "data#hu_window": [-1100, 300]},
+    )
+    wf = bundle_workflow([CONFIGS / "train.yaml"], tiny_processed, tmp_path / "bundle", overrides)
+    chain = wf.parser.get_parsed_content("train#preprocessing").transforms
+    samplers = [t for t in chain if isinstance(t, NoduleCropSamplerd)]
+    assert [(s.positive_sampling, s.contrast_reference_hu, s.hu_window) for s in samplers] == [
+        ("contrast", 650.0, (-1100.0, 300.0))
+    ]
+
+
 def test_track_meta_key_decides_what_the_cache_holds_and_the_crops_stay_the_same(tiny_processed, tmp_path):
     import torch
     from monai.data import MetaTensor, get_track_meta

@@ -421,6 +421,8 @@ CONFIG_CASES = {
     "dropout 1.5": ({"model": {"dropout": 1.5}}, "model.dropout must be a number in [0, 1)"),
     "depth 9": ({"model": {"depth": 9}}, "model.depth must be an integer >= 1 and <= 6"),
     "negative save interval": ({"checkpointing": {"save_interval": -1}}, "checkpointing.save_interval must be"),
+    "positive sampling unknown": ({"data": {"positive_sampling": "nodule"}}, "data.positive_sampling must be one of"),
+    "contrast reference 0": ({"data": {"positive_contrast_hu": 0}}, "data.positive_contrast_hu must be a number of HU"),
 }
 
 

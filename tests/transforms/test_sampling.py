@@ -14,6 +14,7 @@ from pivot_monai.transforms.sampling import (
     NoduleCropSamplerd,
     StagedCenterSpatialCropd,
     crop_ratios,
+    nodule_contrast,
     stochastic_round,
 )
 from pivot_monai.transforms.stages import Stage, StageState
@@ -213,3 +214,84 @@ def test_size_sampling_favours_small_nodules():
 def test_unknown_positive_sampling_names_the_key():
     with pytest.raises(ValueError, match="data.positive_sampling must be one of"):
         _sampler(positive_sampling="nodule")
+
+
+# ------------------------------------------------------------------------------------------------ contrast sampling
+WINDOW = (-1000.0, 400.0)
+SOLID, GGO, PLEURAL = 1, 2, 3  # label ids of three 4-voxel-wide nodules of the same diameter
+
+
+def _hu(value: float) -> float:
+    return (value - WINDOW[0]) / (WINDOW[1] - WINDOW[0])  # HU -> the [0, 1] window of pivot preprocess
+
+
+def _lung(pleural: bool = True) -> dict:
+    """Lung at -850 HU with a solid (40 HU) and a ground-glass (-550 HU) nodule, and a solid one on the chest wall."""
+    image = np.full(SHAPE, _hu(-850.0), dtype=np.float32)
+    label = np.zeros(SHAPE, dtype=np.float32)
+    for uid, box, hu in ((SOLID, np.s_[8:12, 8:12, 8:12], 40.0), (GGO, np.s_[24:28, 8:12, 8:12], -550.0)):
+        image[box], label[box] = _hu(hu), uid
+    if pleural:
+        image[:, 29:, :] = _hu(40.0)  # chest wall: y >= 29, the nodule (y 26-29) sinks into it
+        image[16:20, 26:30, 16:20], label[16:20, 26:30, 16:20] = _hu(40.0), PLEURAL
+    return {
+        "image": torch.as_tensor(image[None]),
+        "label": torch.as_tensor(label[None]),
+        "seriesuid": "lung-a",
+        "nodule_diameters": np.array([0.0, 6.0, 6.0, 6.0], dtype=np.float32),
+    }
+
+
+def test_nodule_contrast_is_hu_above_the_surrounding_tissue():
+    d = _lung()
+    contrast = nodule_contrast(d["image"][0].numpy(), d["label"][0].numpy(), [SOLID, GGO, PLEURAL, 9], WINDOW)
+    assert contrast[SOLID] == pytest.approx(890.0, abs=1.0)  # 40 HU in -850 HU lung
+    assert contrast[GGO] == pytest.approx(300.0, abs=1.0)
+    # the chest wall in its shell lowers a juxtapleural nodule's contrast below that of the same nodule in lung
+    assert 0 < contrast[PLEURAL] < contrast[SOLID] - 150
+    assert np.isnan(contrast[9])  # no such nodule
+
+
+def test_contrast_sampling_favours_ground_glass_and_juxtapleural_nodules():
+    d = _lung()
+    label, image, diameters = d["label"][0].numpy(), d["image"][0].numpy(), d["nodule_diameters"]
+    counts = {}
+    for mode in ("size", "contrast"):
+        sampler = _sampler(num_samples=4, pos=1, neg=0, positive_sampling=mode, contrast_reference_hu=700.0)
+        ids = [int(label[c]) for _ in range(500) for _, c in sampler.plan(label, diameters, "lung-a", image)]
+        counts[mode] = collections.Counter(ids)
+    # equal diameters: size sampling draws each third of the time; contrast weights 1 (890 HU), 700 / 300 (ground
+    # glass) and 700 / contrast (juxtapleural, > 1) shift the draws to the subtle two
+    assert counts["size"][GGO] / 2000 == pytest.approx(1 / 3, abs=0.04)
+    w_pleural = 700.0 / nodule_contrast(image, label, [PLEURAL], WINDOW)[PLEURAL]
+    total = 1.0 + 700.0 / 300.0 + w_pleural
+    assert counts["contrast"][GGO] / 2000 == pytest.approx(700.0 / 300.0 / total, abs=0.04)
+    assert counts["contrast"][SOLID] / 2000 == pytest.approx(1.0 / total, abs=0.04)
+    assert w_pleural > 1.2 and counts["contrast"][PLEURAL] / 2000 == pytest.approx(w_pleural / total, abs=0.04)
+
+
+def test_contrast_sampling_gives_scans_of_subtle_nodules_more_positive_crops():
+    solid_only = _lung(pleural=False)
+    solid_only["label"][solid_only["label"] == GGO] = 0
+    ggo_only = _lung(pleural=False)
+    ggo_only["label"][ggo_only["label"] == SOLID] = 0
+    shares = {}
+    for name, d in (("solid", solid_only), ("ggo", ggo_only)):
+        sampler = _sampler(num_samples=4, pos=1, neg=1, positive_sampling="contrast")
+        label, image = d["label"][0].numpy(), d["image"][0].numpy()
+        kinds = [k for _ in range(500) for k, _ in sampler.plan(label, d["nodule_diameters"], name, image)]
+        shares[name] = kinds.count("positive") / len(kinds)
+    assert shares["solid"] == pytest.approx(0.5, abs=0.03)  # contrast 890 HU >= 700: the configured 1:1
+    assert shares["ggo"] == pytest.approx(0.5 * 1.25, abs=0.03)  # at most a quarter more
+
+
+def test_contrast_sampling_through_the_transform_and_without_an_image():
+    d = _lung()
+    sampler = _sampler(num_samples=4, pos=1, neg=0, positive_sampling="contrast")
+    crops = sampler(d)
+    assert [c["crop_kind"] for c in crops] == ["positive"] * 4
+    assert set(sampler._contrasts["lung-a"]) == {SOLID, GGO, PLEURAL}  # measured once per scan, then cached
+    with pytest.raises(ValueError, match="positive_sampling: contrast measures each nodule on the image"):
+        sampler.plan(d["label"][0].numpy(), d["nodule_diameters"], "lung-b", None)
+    with pytest.raises(ValueError, match="data.positive_contrast_hu must be > 0"):
+        _sampler(positive_sampling="contrast", contrast_reference_hu=0)
