@@ -216,7 +216,7 @@ def validate_training_config(config: Mapping[str, Any]) -> None:
         "data.positive_contrast_hu",
         lambda v: v > 0,
         "a number of HU > 0",
-        "e.g. data.positive_contrast_hu: 700",
+        "e.g. data.positive_contrast_hu: 500",
     )
     _integer(config, "data.num_workers", 0, "e.g. data.num_workers: 2")
     _integer(config, "validation.interval", 1, "e.g. validation.interval: 1")
