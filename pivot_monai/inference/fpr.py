@@ -39,6 +39,7 @@ from pivot_monai.networks.classifier import MultiScaleClassifier
 
 __all__ = [
     "CLASSIFIER_NAME",
+    "FPR_POSITIVE_SAMPLING",
     "CandidateClassifier",
     "FPRSettings",
     "candidate_labels",
@@ -53,6 +54,8 @@ logger = logging.getLogger(__name__)
 
 CLASSIFIER_NAME = "fpr.pt"
 """File name of the classifier checkpoint, next to the detector's ``model.pt``."""
+FPR_POSITIVE_SAMPLING = ("uniform", "contrast")
+"""Values of ``fpr.positive_sampling``: every positive sample equally, or weighted by its nodule's contrast."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,8 @@ class FPRSettings:
     positive_fraction: float = 0.3
     positives_per_nodule: int = 4
     positive_jitter_mm: float = 2.0
+    positive_sampling: str = "uniform"
+    positive_contrast_hu: float = 500.0
     max_negatives_per_scan: int = 30
     augment: bool = True
     seed: int = 0
@@ -96,10 +101,16 @@ class FPRSettings:
             "positive_fraction": 0.0 < float(self.positive_fraction) < 1.0,
             "positives_per_nodule": int(self.positives_per_nodule) >= 0,
             "positive_jitter_mm": float(self.positive_jitter_mm) >= 0,
+            "positive_sampling": self.positive_sampling in FPR_POSITIVE_SAMPLING,
+            "positive_contrast_hu": float(self.positive_contrast_hu) > 0,
             "max_negatives_per_scan": int(self.max_negatives_per_scan) >= 0,
             "dropout": 0.0 <= float(self.dropout) < 1.0,
         }
         bad = [k for k, ok in checks.items() if not ok]
+        if bad and bad[0] == "positive_sampling":
+            raise ValueError(
+                f"fpr.positive_sampling must be one of {list(FPR_POSITIVE_SAMPLING)}, got {self.positive_sampling!r}"
+            )
         if bad:
             raise ValueError(
                 f"fpr.{bad[0]} out of range: got {getattr(self, bad[0])!r} (see bundle/configs/fpr.yaml for the "

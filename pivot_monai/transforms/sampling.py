@@ -55,6 +55,7 @@ __all__ = [
     "POSITIVE_SAMPLING",
     "NoduleCropSamplerd",
     "StagedCenterSpatialCropd",
+    "contrast_weight",
     "crop_ratios",
     "nodule_contrast",
     "stochastic_round",
@@ -111,6 +112,14 @@ def stochastic_round(x: float, rng: np.random.RandomState) -> int:
 
 def _as_numpy(x: Any) -> np.ndarray:
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def contrast_weight(contrast_hu: np.ndarray | Sequence[float], reference_hu: float) -> np.ndarray:
+    """Draw weight of nodules of contrast ``contrast_hu``: ``reference / contrast`` clipped to [1, 3]; 1 for ``nan``
+    (unmeasurable), 3 for a contrast at or below 0."""
+    c = np.asarray(contrast_hu, dtype=float)
+    ratio = float(reference_hu) / np.maximum(np.nan_to_num(c, nan=np.inf), 1e-6)
+    return np.clip(np.where(np.isfinite(c), ratio, 1.0), 1.0, _CONTRAST_MAX_WEIGHT)
 
 
 def nodule_contrast(
@@ -282,8 +291,7 @@ class NoduleCropSamplerd(Randomizable, MapTransform, MultiSampleTrait):
             if seriesuid is not None:
                 self._contrasts[seriesuid] = cached
         contrast = np.array([cached[int(u)] for u in np.rint(unique).astype(np.int64)], dtype=float)
-        ratio = self.contrast_reference_hu / np.maximum(np.nan_to_num(contrast, nan=np.inf), 1e-6)
-        return np.clip(np.where(np.isfinite(contrast), ratio, 1.0), 1.0, _CONTRAST_MAX_WEIGHT)
+        return contrast_weight(contrast, self.contrast_reference_hu)
 
     def _nodule_weights(
         self,

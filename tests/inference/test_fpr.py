@@ -23,7 +23,7 @@ from pivot_monai.inference.fpr import (
     load_fpr_section,
     resolve_classifier,
 )
-from pivot_monai.inference.fpr_train import augment_batch, train_classifier
+from pivot_monai.inference.fpr_train import augment_batch, draw_batch, nodule_contrast_at, train_classifier
 from pivot_monai.metrics.froc import read_submission_csv, write_submission_csv
 from pivot_monai.metrics.matching import ScanCandidates
 from pivot_monai.networks.classifier import MultiScaleClassifier
@@ -145,6 +145,10 @@ def test_fpr_section_defaults_come_from_fpr_yaml_and_validate():
         load_fpr_section({"fpr": {"fusion_wieght": 0.3}})
     with pytest.raises(ValueError, match="fpr.fusion_weight"):
         FPRSettings.from_section({"fusion_weight": 1.5})
+    with pytest.raises(ValueError, match=r"fpr.positive_sampling must be one of \['uniform', 'contrast'\], got 'size'"):
+        FPRSettings.from_section({"positive_sampling": "size"})
+    with pytest.raises(ValueError, match="fpr.positive_contrast_hu"):
+        FPRSettings.from_section({"positive_contrast_hu": 0})
 
 
 def test_augmentation_permutes_voxels_the_same_way_in_every_scale(rng):
@@ -268,3 +272,48 @@ def test_fpr_yaml_bundle_trains_on_the_detectors_candidates(tiny_processed, tmp_
     assert report["detector"] == str(models / "model.pt") and report["n_samples"]["fp"] > 0
     assert CandidateClassifier.load(models / "fpr.pt").detector == "model.pt"
     assert (models / "fpr_train_candidates.csv").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ contrast weighting
+@pytest.mark.parametrize("direction", [np.eye(3), FLIP_Z, oblique_direction(20.0)], ids=["eye", "flipz", "oblique"])
+def test_nodule_contrast_at_measures_hu_above_the_surroundings_on_any_geometry(direction):
+    geometry = Geometry((-31.0, 12.5, -80.0), (0.7, 0.8, 1.5), direction, (64, 56, 36))
+    idx = np.stack(np.meshgrid(*[np.arange(s) for s in geometry.size], indexing="ij"), axis=-1)
+    world = geometry.index_to_world(idx)
+    lung, window = (-850.0 + 1000.0) / 1400.0, (-1000.0, 400.0)
+    image = np.full(geometry.size, lung, dtype=np.float32)
+    centres = {"solid": geometry.index_to_world(np.array([20.0, 20.0, 14.0])),
+               "ggo": geometry.index_to_world(np.array([44.0, 36.0, 22.0]))}  # fmt: skip
+    for name, hu in (("solid", 40.0), ("ggo", -550.0)):
+        image[np.linalg.norm(world - centres[name], axis=-1) <= 5.0] = (hu + 1000.0) / 1400.0
+    nodules = [Nodule("s", tuple(centres["solid"]), 10.0), Nodule("s", tuple(centres["ggo"]), 10.0),
+               Nodule("s", tuple(centres["ggo"]), -1.0)]  # fmt: skip
+    contrast = nodule_contrast_at(image, geometry, nodules, window)
+    # the trilinear resampling of a sphere drawn on 1.5 mm slices softens its edge: within 15 % of 890 and 300 HU
+    assert contrast[0] == pytest.approx(890.0, rel=0.15) and contrast[1] == pytest.approx(300.0, rel=0.15)
+    assert np.isnan(contrast[2])  # no diameter
+
+
+def test_draw_batch_draws_positives_by_their_weights():
+    rng = np.random.default_rng(0)
+    pos, neg = np.array([0, 1]), np.array([2, 3, 4])
+    drawn = np.concatenate([draw_batch(rng, pos, neg, 32, 0.5, np.array([0.75, 0.25])) for _ in range(400)])
+    n_pos = np.isin(drawn, pos).sum()
+    assert n_pos / drawn.size == pytest.approx(0.5, abs=0.02)
+    assert (drawn == 0).sum() / n_pos == pytest.approx(0.75, abs=0.02)
+    uniform = np.concatenate([draw_batch(rng, pos, neg, 32, 0.5) for _ in range(400)])
+    assert (uniform == 0).sum() / np.isin(uniform, pos).sum() == pytest.approx(0.5, abs=0.02)
+
+
+def test_contrast_positive_sampling_weights_the_classifiers_positives(tiny_processed, tmp_path, rng):
+    csv_path = write_submission_csv(tmp_path / "cands.csv", _scan_candidates(tiny_processed / "train", rng))
+    reports = {}
+    for mode in ("uniform", "contrast"):
+        reports[mode] = train_classifier(
+            tiny_processed / "train", tmp_path / mode / "fpr.pt", candidates=csv_path,
+            config={"fpr": {**TINY_FPR, "epochs": 1, "positive_sampling": mode, "positive_contrast_hu": 5000}},
+        )  # fmt: skip
+    assert reports["uniform"]["positive_weights"] == {"mean": 1.0, "max": 1.0}
+    # a reference far above any contrast: every positive gets the largest weight, 3
+    assert reports["contrast"]["positive_weights"] == {"mean": 3.0, "max": 3.0}
+    assert reports["contrast"]["fpr"]["positive_sampling"] == "contrast"
