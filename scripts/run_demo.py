@@ -62,7 +62,10 @@ def synth(raw: Path, num_scans: int, seed: int, size: str, domain: str, derived:
 
 def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool = True, fast: bool = False) -> int:
     raw, processed, heldout = work_dir / "raw", work_dir / "processed", work_dir / "heldout_raw"
-    config = ["--config", str(DEMO_CONFIG)] if DEMO_CONFIG.exists() else []
+    # preprocessing reads the data section of the profile's last file: demo_fast.yaml sets its own target_spacing
+    # (training then checks the scans against the layered profile: pivot_monai.engines.validate.check_preprocessing)
+    profile = FAST_CONFIG if fast else DEMO_CONFIG
+    config = ["--config", str(profile)] if profile.exists() else []
     models = FAST_MODELS if fast else MODELS
     checkpoint = models / "model.pt"
     code = synth(raw, num_scans, seed, TRAIN_SIZE, "train", [processed], work_dir / "preview_train.png")

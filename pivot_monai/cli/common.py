@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 __all__ = ["Command", "Formatter", "add_config_argument"]
 
@@ -31,12 +32,28 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+class _OneConfig(argparse.Action):
+    """``--config`` given twice is an error: argparse would keep the last file and silently drop the first one."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option=None):
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None:
+            parser.error(
+                f"--config given twice ({previous} and {values}): pivot reads one YAML merged over "
+                "bundle/configs/train.yaml; put the keys of both into one file (later keys win), e.g. copy the "
+                "lines of bundle/configs/demo.yaml you need into yours"
+            )
+        setattr(namespace, self.dest, values)
+
+
 def add_config_argument(p: argparse.ArgumentParser, what: str) -> None:
-    """``-c/--config``: a user YAML merged over ``bundle/configs/train.yaml`` (see :mod:`pivot_monai.config`)."""
+    """``-c/--config``: a user YAML merged over ``bundle/configs/train.yaml`` (see :mod:`pivot_monai.config`); given
+    twice, an error."""
     p.add_argument(
         "-c",
         "--config",
         type=Path,
+        action=_OneConfig,
         default=None,
         help=f"YAML with the keys to change ({what}), merged over bundle/configs/train.yaml; None = the defaults",
     )

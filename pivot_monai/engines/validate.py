@@ -23,6 +23,7 @@ from pivot_monai.config import walk_keys
 __all__ = [
     "ConfigValueError",
     "check_annotations",
+    "check_preprocessing",
     "check_literal_types",
     "reject_expressions",
     "validate_training_config",
@@ -317,6 +318,62 @@ def check_annotations(annotations: str | None, *datalists: Sequence[Mapping[str,
                 "--overwrite`, or set data.annotations to the CSV the scans were made from",
             )
     logger.info("data.annotations: %s matches the nodules of the processed scans", path)
+
+
+def check_preprocessing(data: Mapping[str, Any], *datalists: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Warn when the processed scans were made with another ``data.target_spacing`` or ``data.hu_window``.
+
+    Training reads both keys as facts about its scans: the heatmap targets are sized in mm at ``target_spacing``, and
+    ``model.pt`` records them as the preprocessing ``pivot infer`` applies. Scans preprocessed at 1.25 mm under a
+    config saying 1.5 mm would train a model that infers on rescaled scans. Each scan's ``meta.json`` records the
+    settings it was made with (``preprocess_config``; scans without one are not checked).
+
+    Args:
+        data: the resolved ``data`` section.
+        datalists: items with a ``meta`` path (``train#datalist``, ``validate#datalist``).
+
+    Returns:
+        One line per differing scan (empty when all match); the first few are logged as one warning.
+    """
+    import json
+    from pathlib import Path
+
+    from pivot_monai.data.preprocess import PreprocessConfig
+
+    want = PreprocessConfig.from_data_section(dict(data)).to_dict()
+    keys = {"target_spacing": "data.target_spacing", "hu_window": "data.hu_window"}
+    lines = []
+    for item in (i for items in datalists for i in items):
+        made = json.loads(Path(item["meta"]).read_text()).get("preprocess_config")
+        if not made:
+            continue
+        diff = [
+            f"{name} {made.get(key)} (config: {want[key]})"
+            for key, name in keys.items()
+            if not _numbers_equal(made.get(key), want[key])
+        ]
+        if diff:
+            lines.append(f"{Path(item['meta']).parent}: made with " + ", ".join(diff))
+    if lines:
+        logger.warning(
+            "%d processed scan(s) were made with other preprocessing than this config: %s%s. Re-run `pivot "
+            "preprocess --config <this config> --overwrite` into the dataset, or set the keys to the values the scans "
+            "were made with",
+            len(lines),
+            "; ".join(lines[:3]),
+            " ..." if len(lines) > 3 else "",
+        )
+    return lines
+
+
+def _numbers_equal(a: Any, b: Any) -> bool:
+    """Two numbers or equal-length lists of numbers equal within 1e-6 (``None`` equals nothing)."""
+    try:
+        a_list = [float(v) for v in (a if isinstance(a, (list, tuple)) else [a])]
+        b_list = [float(v) for v in (b if isinstance(b, (list, tuple)) else [b])]
+    except (TypeError, ValueError):
+        return False
+    return len(a_list) == len(b_list) and all(abs(x - y) <= 1e-6 for x, y in zip(a_list, b_list))
 
 
 def reject_expressions(config: Any, source: str = "config", _path: str = "") -> None:

@@ -85,3 +85,12 @@ def test_python_m_entry_points_run_the_same_commands():
             [sys.executable, "-m", module, "--help"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 0 and "usage: pivot" in proc.stdout, proc.stderr[-500:]
+
+
+@pytest.mark.parametrize("command", ["preprocess", "infer", "train-fpr"])
+def test_config_given_twice_is_an_error_naming_both_files(tmp_path, capsys, command):
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    with pytest.raises(SystemExit) as exc:
+        main([command, "-i", str(tmp_path), "--config", str(first), "--config", str(second)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and f"--config given twice ({first} and {second})" in err and "one file" in err

@@ -40,6 +40,9 @@ def test_each_profile_trains_with_its_layers_into_its_own_run_folder(run_demo, m
     (cmd,) = calls
     layers = cmd[cmd.index("--config_file") + 1]
     fpr = next(s for s in steps if s[0] == "train-fpr")
+    prep = next(s for s in steps if s[0] == "preprocess")
+    # preprocessing reads the profile's own spacing: demo_fast.yaml's 1.5 mm, demo.yaml's 1.25 mm
+    assert prep[prep.index("--config") + 1] == f"bundle/configs/{'demo_fast' if fast else 'demo'}.yaml"
     models = Path("bundle/models/demo_fast") if fast else Path("bundle/models")
     if fast:
         assert layers == "['bundle/configs/train.yaml','bundle/configs/demo.yaml','bundle/configs/demo_fast.yaml']"

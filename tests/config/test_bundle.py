@@ -48,7 +48,14 @@ def test_the_fast_demo_profile_shortens_the_detector_and_the_classifier():
     demo = _monai_merged(CONFIGS / "train.yaml", CONFIGS / "demo.yaml")
     fast = _monai_merged(CONFIGS / "train.yaml", CONFIGS / "demo.yaml", CONFIGS / "demo_fast.yaml")
     assert (demo["training"]["epochs"], fast["training"]["epochs"], fast["validation"]["interval"]) == (22, 16, 16)
-    assert fast["data"] == demo["data"] and fast["model"] == demo["model"]  # the same network and preprocessing
+    # the same network; 1.5 mm voxels instead of demo.yaml's 1.25 mm
+    assert fast["model"] == demo["model"] and {**fast["data"], "target_spacing": [1.25] * 3} == demo["data"]
+    assert fast["data"]["target_spacing"] == [1.5, 1.5, 1.5]
+    # make demo-fast preprocesses with demo_fast.yaml alone: the same preprocessing as the layered profile trains on
+    from pivot_monai.data.preprocess import PreprocessConfig
+
+    alone = PreprocessConfig.from_data_section(load_config(CONFIGS / "demo_fast.yaml")["data"])
+    assert alone == PreprocessConfig.from_data_section(fast["data"])
     # pivot train-fpr --config demo_fast.yaml reads its fpr section over fpr.yaml's
     assert (load_fpr_section(None)["epochs"], load_fpr_section(CONFIGS / "demo_fast.yaml")["epochs"]) == (20, 14)
 

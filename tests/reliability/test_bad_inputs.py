@@ -586,3 +586,22 @@ def test_a_yaml_syntax_error_in_the_config_is_one_line_with_its_position(tmp_pat
     assert code == 2 and len(errors) == 1, errors
     assert f"{config}: not valid YAML at line 3" in errors[0] and "starts at line 2, column 11" in errors[0]
     assert "\n" not in errors[0]
+
+
+# ------------------------------------------------------------------------------------------------ preprocessing
+def test_scans_made_with_another_spacing_are_named_in_a_warning(tmp_path, caplog):
+    from pivot_monai.engines.validate import check_preprocessing
+
+    items = []
+    for name, spacing in (("a", [1.25, 1.25, 1.25]), ("b", [1.5, 1.5, 1.5]), ("c", None)):
+        (tmp_path / name).mkdir()
+        made = {} if spacing is None else {"preprocess_config": {"target_spacing": spacing, "hu_window": [-1000, 400]}}
+        (tmp_path / name / "meta.json").write_text(json.dumps(made))
+        items.append({"meta": str(tmp_path / name / "meta.json")})
+    with caplog.at_level(logging.WARNING):
+        lines = check_preprocessing({"target_spacing": [1.5, 1.5, 1.5], "hu_window": [-1000, 400]}, items)
+    # scan a differs, b matches, c records nothing to compare
+    assert lines == [f"{tmp_path / 'a'}: made with data.target_spacing [1.25, 1.25, 1.25] (config: [1.5, 1.5, 1.5])"]
+    assert "1 processed scan(s) were made with other preprocessing" in caplog.text and "--overwrite" in caplog.text
+    caplog.clear()
+    assert check_preprocessing({"target_spacing": [1.25, 1.25, 1.25]}, items[:1]) == [] and not caplog.text
