@@ -44,6 +44,7 @@ from pivot_monai.inference.fpr import (
     CLASSIFIER_NAME,
     CandidateClassifier,
     FPRSettings,
+    _offsets,
     candidate_labels,
     extract_patches,
     load_fpr_config,
@@ -171,7 +172,7 @@ def nodule_contrast_at(
         t = max(2.5, 0.5 * r)
         fov = 2.0 * (r + t)
         cube = extract_patches(image, geometry, np.asarray([nodule.world], dtype=np.float64), [fov], grid)[0, 0]
-        o = (np.arange(grid) - (grid - 1) / 2.0) * fov / grid
+        o = _offsets(fov, grid)
         dist = np.sqrt(o[:, None, None] ** 2 + o[None, :, None] ** 2 + o[None, None, :] ** 2)
         inside, shell = dist <= r, (dist > r + 1.0) & (dist <= r + t)
         values = cube.numpy()
@@ -211,7 +212,7 @@ def build_training_set(
         n_extra = len(points) - hit.size - neg.size
         labels += [1.0] * hit.size + [0.0] * neg.size + [1.0] * n_extra
         origin += ["hit"] * hit.size + ["fp"] * neg.size + ["nodule"] * n_extra
-        per_nodule = _nodule_weights(image, geometry, case.nodules, fpr, preprocess)
+        per_nodule = _per_nodule_weights(image, geometry, case.nodules, fpr, preprocess)
         weights += [*_hit_weights(world[hit], case.nodules, per_nodule), *[1.0] * neg.size]
         weights += list(np.repeat(per_nodule, fpr.positives_per_nodule))  # the jittered centres, nodule by nodule
     labels_arr = np.asarray(labels, dtype=np.float32)
@@ -223,7 +224,7 @@ def build_training_set(
     return TrainingSet(torch.cat(patches), labels_arr, origin, np.asarray(weights, dtype=np.float64))
 
 
-def _nodule_weights(
+def _per_nodule_weights(
     image: np.ndarray, geometry: Geometry, nodules: list[Any], fpr: FPRSettings, preprocess: PreprocessConfig
 ) -> np.ndarray:
     """Draw weight of each nodule's positives: its contrast weight, or 1 with ``fpr.positive_sampling: uniform``."""

@@ -144,13 +144,14 @@ def nodule_contrast(
     from scipy import ndimage  # a dependency of MONAI's morphology transforms; imported where used
 
     width = float(hu_window[1]) - float(hu_window[0])
+    boxes = ndimage.find_objects(np.rint(label).astype(np.int64))  # boxes[i]: the bounding box of label id i + 1
     out: dict[int, float] = {}
     for uid in ids:
-        where = np.nonzero(label == uid)
-        if where[0].size == 0:
+        found = boxes[int(uid) - 1] if 0 < int(uid) <= len(boxes) else None
+        if found is None:
             out[int(uid)] = float("nan")
             continue
-        lo, hi = np.array([w.min() for w in where]), np.array([w.max() for w in where]) + 1
+        lo, hi = np.array([s.start for s in found]), np.array([s.stop for s in found])
         shell = max(2, int(math.ceil((hi - lo).max() / 4)))
         box = tuple(slice(max(0, a - shell), min(n, b + shell)) for a, b, n in zip(lo, hi, label.shape))
         sub = label[box]
