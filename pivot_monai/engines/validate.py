@@ -350,7 +350,7 @@ def check_preprocessing(data: Mapping[str, Any], *datalists: Sequence[Mapping[st
         diff = [
             f"{name} {made.get(key)} (config: {want[key]})"
             for key, name in keys.items()
-            if not _numbers_equal(made.get(key), want[key])
+            if made.get(key) != want[key]  # both PreprocessConfig.to_dict() values: lists of floats
         ]
         if diff:
             lines.append(f"{Path(item['meta']).parent}: made with " + ", ".join(diff))
@@ -364,16 +364,6 @@ def check_preprocessing(data: Mapping[str, Any], *datalists: Sequence[Mapping[st
             " ..." if len(lines) > 3 else "",
         )
     return lines
-
-
-def _numbers_equal(a: Any, b: Any) -> bool:
-    """Two numbers or equal-length lists of numbers equal within 1e-6 (``None`` equals nothing)."""
-    try:
-        a_list = [float(v) for v in (a if isinstance(a, (list, tuple)) else [a])]
-        b_list = [float(v) for v in (b if isinstance(b, (list, tuple)) else [b])]
-    except (TypeError, ValueError):
-        return False
-    return len(a_list) == len(b_list) and all(abs(x - y) <= 1e-6 for x, y in zip(a_list, b_list))
 
 
 def reject_expressions(config: Any, source: str = "config", _path: str = "") -> None:
