@@ -5,14 +5,17 @@ A training run with ``checkpointing.save_interval: N`` leaves ``checkpoint_epoch
 ``model.pt``, on the fullsize scans of the generator's ``heldout`` domain (never trained on), detector scores only
 (the FP-reduction classifier is trained on the final detector's candidates, so it would flatter no checkpoint), and
 takes each checkpoint's training time from its file time against the run's start (the stamp of its first
-TensorBoard event file), so hard-negative mining and validation count in the curve's minutes.
+TensorBoard event file, under ``--run-dir`` or the bundle root above it, where ``logs/`` sits beside ``models/``), so
+hard-negative mining and validation count in the curve's minutes. The run's epoch count, which numbers the final
+``model.pt``, is read from the log's ``epoch N/M`` lines, so a profile layered over ``--config`` (such as
+``cpu_long.yaml`` over ``demo.yaml``) numbers it right.
 
 Patches/s is the median of the per-epoch summary lines of the run's log (crops per second of the epochs'
 iterations, mining and validation excluded).
 
 Usage::
 
-    python -m benchmarks.bench_time_to_cpm --run-dir RUN --train-log RUN.log --config bundle/configs/demo.yaml
+    python -m benchmarks.bench_time_to_cpm --run-dir RUN/models --train-log RUN.log --config bundle/configs/demo.yaml
 """
 
 from __future__ import annotations
@@ -28,12 +31,13 @@ import numpy as np
 
 from benchmarks.common import Row, ensure_raw_dataset, format_table, load_profile, setup_logging, write_results
 
-__all__ = ["main", "patches_per_second", "run_start"]
+__all__ = ["main", "patches_per_second", "run_epochs", "run_start"]
 
 logger = logging.getLogger(__name__)
 
 NAME = "time_to_cpm"
 _RATE = re.compile(r"epoch \d+/\d+: loss .*?, ([\d.]+) patches/s")
+_EPOCHS = re.compile(r"epoch \d+/(\d+)\b")
 _CKPT = re.compile(r"^checkpoint_epoch=(\d+)\.pt$")
 _EVENTS = re.compile(r"events\.out\.tfevents\.(\d+)\.")
 
@@ -44,10 +48,23 @@ def patches_per_second(log_text: str) -> float | None:
     return float(np.median(rates)) if rates else None
 
 
+def run_epochs(log_text: str) -> int | None:
+    """The run's number of epochs, from the last ``epoch N/M`` progress line of its log (``None`` when none)."""
+    totals = _EPOCHS.findall(log_text)
+    return int(totals[-1]) if totals else None
+
+
 def run_start(run_dir: Path) -> float | None:
-    """Unix time the run started: the stamp in the name of its first TensorBoard event file."""
-    stamps = [int(m.group(1)) for p in run_dir.rglob("events.out.tfevents.*") if (m := _EVENTS.search(p.name))]
-    return float(min(stamps)) if stamps else None
+    """Unix time the run started: the stamp in the name of its first TensorBoard event file.
+
+    The event files are searched under ``run_dir`` and, when there are none, under its parent: the bundle's
+    ``checkpointing.dir`` (``models/``) and ``logging.log_dir`` (``logs/``) are siblings by default.
+    """
+    for root in (run_dir, run_dir.parent):
+        stamps = [int(m.group(1)) for p in root.rglob("events.out.tfevents.*") if (m := _EVENTS.search(p.name))]
+        if stamps:
+            return float(min(stamps))
+    return None
 
 
 def _checkpoints(run_dir: Path, epochs: int) -> list[tuple[int, Path]]:
@@ -60,7 +77,7 @@ def _checkpoints(run_dir: Path, epochs: int) -> list[tuple[int, Path]]:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, required=True, help="the run's checkpointing.dir")
+    p.add_argument("--run-dir", type=Path, required=True, help="the run's checkpointing.dir (models/)")
     p.add_argument("--train-log", type=Path, required=True, help="the training run's console log")
     p.add_argument("--config", type=Path, required=True, help="the profile the run used, layered over train.yaml")
     p.add_argument("--heldout-scans", type=int, default=20, help="fullsize held-out-domain scans")
@@ -77,12 +94,18 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     args = parse_args(argv)
     sections = load_profile(args.config)
     settings = InferenceSettings.from_config(sections)
-    rate = patches_per_second(args.train_log.read_text(errors="replace"))
+    log_text = args.train_log.read_text(errors="replace")
+    rate = patches_per_second(log_text)
+    epochs = run_epochs(log_text) or int(sections["training"]["epochs"])
     start = run_start(args.run_dir)
+    if start is None:
+        logger.warning(
+            "no TensorBoard event file under %s or its parent: minutes of training are unknown", args.run_dir
+        )
     heldout = args.heldout_dir or ensure_raw_dataset("fullsize", args.heldout_scans, args.heldout_seed, "heldout")
     rows = [Row(NAME, "training patches/s (median epoch)", rate)]
     curve = []
-    for epoch, path in _checkpoints(args.run_dir, int(sections["training"]["epochs"])):
+    for epoch, path in _checkpoints(args.run_dir, epochs):
         minutes = (path.stat().st_mtime - start) / 60 if start else float("nan")
         out = args.run_dir / "time_to_cpm" / f"epoch{epoch}"
         metrics = evaluate(path, heldout, out, settings, bootstrap=0, classifier=None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from benchmarks.bench_time_to_cpm import _checkpoints, patches_per_second, run_start
+from benchmarks.bench_time_to_cpm import _checkpoints, patches_per_second, run_epochs, run_start
 
 LOG = """\
 22:51:26 INFO pivot_monai.handlers.progress: epoch 1/66: 53/70 it (76 %), 1.11s/it, loss=0.3779, elapsed 00:30
@@ -19,12 +19,27 @@ def test_patches_per_second_is_the_median_of_the_epoch_summaries():
     assert patches_per_second("no summary lines here") is None
 
 
+def test_run_epochs_is_the_total_of_the_progress_lines():
+    assert run_epochs(LOG) == 66
+    assert run_epochs(LOG.replace("/66", "/72")) == 72
+    assert run_epochs("no progress lines") is None
+
+
+def test_run_start_finds_the_event_files_beside_the_models_folder(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "events.out.tfevents.1796597425.vm.26751.0").write_bytes(b"")
+    assert run_start(tmp_path / "models") == 1796597425.0
+    (tmp_path / "models" / "events.out.tfevents.1796590000.vm.1.0").write_bytes(b"")
+    assert run_start(tmp_path / "models") == 1796590000.0  # the run folder's own event files come first
+
+
 def test_run_start_reads_the_first_event_file_stamp(tmp_path):
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "events.out.tfevents.1796597425.vm.26751.0").write_bytes(b"")
     (tmp_path / "logs" / "events.out.tfevents.1796597999.vm.26751.1").write_bytes(b"")
     assert run_start(tmp_path) == 1796597425.0
-    assert run_start(tmp_path / "logs" / "missing") is None
+    assert run_start(tmp_path / "elsewhere" / "missing") is None
 
 
 def test_checkpoints_in_epoch_order_with_the_final_model(tmp_path):

@@ -36,7 +36,15 @@ def _monai_merged(*files, **overrides):
 
 
 @pytest.mark.parametrize(
-    "extra", [[], ["demo.yaml"], ["demo.yaml", "demo_fast.yaml"], ["features_example.yaml"], ["multi_gpu_train.yaml"]]
+    "extra",
+    [
+        [],
+        ["demo.yaml"],
+        ["demo.yaml", "demo_fast.yaml"],
+        ["demo.yaml", "cpu_long.yaml"],
+        ["features_example.yaml"],
+        ["multi_gpu_train.yaml"],
+    ],
 )
 def test_the_bundle_defaults_and_profiles_pass(extra):
     check_merged_config(_monai_merged(CONFIGS / "train.yaml", *(CONFIGS / e for e in extra)))
@@ -58,6 +66,19 @@ def test_the_fast_demo_profile_shortens_the_detector_and_the_classifier():
     assert alone == PreprocessConfig.from_data_section(fast["data"])
     # pivot train-fpr --config demo_fast.yaml reads its fpr section over fpr.yaml's
     assert (load_fpr_section(None)["epochs"], load_fpr_section(CONFIGS / "demo_fast.yaml")["epochs"]) == (20, 14)
+
+
+def test_the_cpu_long_profile_only_lengthens_the_demo_training():
+    demo = _monai_merged(CONFIGS / "train.yaml", CONFIGS / "demo.yaml")
+    long = _monai_merged(CONFIGS / "train.yaml", CONFIGS / "demo.yaml", CONFIGS / "cpu_long.yaml")
+    assert (long["training"]["epochs"], long["validation"]["interval"]) == (72, 72)
+    # the scans, the network and the inference it is evaluated with are the demo's
+    assert all(long[k] == demo[k] for k in ("data", "model", "inference", "augmentation"))
+    # every checkpoint of the curve is kept: epochs 12, 24, ..., 72
+    keep, every = long["checkpointing"]["keep_last_n"], long["checkpointing"]["save_interval"]
+    assert keep * every >= long["training"]["epochs"]
+    mining = long["training"]["hard_negative_mining"]
+    assert mining["enabled"] and mining["interval"] == 9 and demo["training"]["hard_negative_mining"]["interval"] == 5
 
 
 def test_what_pivot_train_merges_from_the_guides_complete_example_passes():
