@@ -12,7 +12,7 @@ export OMP_NUM_THREADS ?= 2
 # oversubscribe the cores and make training steps 2-15x slower and erratic (measured; see benchmarks/README.md).
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo demo-fast test test-slow bench lint clean
+.PHONY: venv demo demo-fast demo-long test test-slow bench lint clean
 
 $(STAMP): pyproject.toml requirements/cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ demo: $(STAMP)
 # bundle/models/demo_fast/
 demo-fast: $(STAMP)
 	$(PY) scripts/run_demo.py --fast --work-dir $(DEMO_FAST_DIR)
+
+# the CPU long profile (bundle/configs/cpu_long.yaml: 72 epochs, under an hour of training on 2 cores) on make demo's
+# own scans (cached in DEMO_DIR); model in bundle/models/cpu_long/, outputs in DEMO_DIR/results_cpu_long/
+demo-long: $(STAMP)
+	$(PY) scripts/run_demo.py --long --work-dir $(DEMO_DIR)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -q tests

@@ -14,6 +14,11 @@ and preprocessing resumes, so an interrupted demo continues.
 ``--fast`` (``make demo-fast``) is the 15-minute first run: 70 + 16 scans and ``bundle/configs/demo_fast.yaml``
 layered over ``demo.yaml`` (16 epochs, a 14-epoch classifier), trained into ``bundle/models/demo_fast/``. It
 scores lower on the held-out domain than ``make demo`` (benchmarks/README.md).
+
+``--long`` (``make demo-long``) trains the CPU long profile, ``bundle/configs/cpu_long.yaml`` over ``demo.yaml``
+(72 epochs, under an hour of training on 2 cores), on ``make demo``'s own scans (the same work folder, so its
+synthetic and processed data are reused) into ``bundle/models/cpu_long/``: the best held-out CPM of the CPU
+profiles.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from pivot_monai.cli import main as pivot
 from pivot_monai.data.synthetic import dataset_is_current
@@ -34,11 +40,48 @@ logger = logging.getLogger("pivot_monai.demo")
 
 DEMO_CONFIG = Path("bundle/configs/demo.yaml")
 FAST_CONFIG = Path("bundle/configs/demo_fast.yaml")
+LONG_CONFIG = Path("bundle/configs/cpu_long.yaml")
 MODELS = Path("bundle/models")
-FAST_MODELS = MODELS / "demo_fast"  # its own run folder: a fast run never resumes into or over the full one
 METADATA = Path("bundle/configs/metadata.json")
 TRAIN_SIZE = "medium"
 HELDOUT_SEED = 9000  # seeds >= 1000 are never trained on
+
+
+class Profile(NamedTuple):
+    """One demo profile: what it trains with, on how many scans, and where its model goes.
+
+    Attributes:
+        layers: bundle configs layered over ``train.yaml``, in order.
+        preprocess: the config ``pivot preprocess`` reads (its data section; the last layer that sets any).
+        models: the run folder; each profile has its own, so one never resumes into or over another's model.
+        fpr_config: the config of ``pivot train-fpr`` (its fpr section), or None for ``fpr.yaml``'s.
+        num_scans: default train-domain scans.
+        heldout_scans: default held-out-domain scans.
+        metadata: the ``metadata.json`` whose ``eval_metrics`` the run writes (it describes ``bundle/models/model.pt``
+            only), or None.
+        results: the folder in the work folder for inference and evaluation outputs (a profile sharing another's
+            work folder and scans writes its own).
+    """
+
+    layers: tuple[Path, ...]
+    preprocess: Path
+    models: Path
+    fpr_config: Path | None
+    num_scans: int
+    heldout_scans: int
+    metadata: Path | None
+    results: str = "results"
+
+
+PROFILES = {
+    "demo": Profile((DEMO_CONFIG,), DEMO_CONFIG, MODELS, None, 100, 20, METADATA),
+    # demo_fast.yaml sets its own target_spacing (1.5 mm) and a shorter classifier
+    "fast": Profile((DEMO_CONFIG, FAST_CONFIG), FAST_CONFIG, MODELS / "demo_fast", FAST_CONFIG, 70, 16, None),
+    # cpu_long.yaml changes only training length, mining and checkpointing: make demo's scans and classifier
+    "long": Profile(
+        (DEMO_CONFIG, LONG_CONFIG), DEMO_CONFIG, MODELS / "cpu_long", None, 100, 20, None, "results_cpu_long"
+    ),
+}
 
 
 def synth(raw: Path, num_scans: int, seed: int, size: str, domain: str, derived: list[Path], preview: Path) -> int:
@@ -60,13 +103,13 @@ def synth(raw: Path, num_scans: int, seed: int, size: str, domain: str, derived:
     return pivot(argv)
 
 
-def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool = True, fast: bool = False) -> int:
+def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool = True, profile: str = "demo") -> int:
+    """Run the chain with the demo ``profile`` (a key of :data:`PROFILES`); returns the first failing exit code."""
     raw, processed, heldout = work_dir / "raw", work_dir / "processed", work_dir / "heldout_raw"
-    # preprocessing reads the data section of the profile's last file: demo_fast.yaml sets its own target_spacing
-    # (training then checks the scans against the layered profile: pivot_monai.engines.validate.check_preprocessing)
-    profile = FAST_CONFIG if fast else DEMO_CONFIG
-    config = ["--config", str(profile)] if profile.exists() else []
-    models = FAST_MODELS if fast else MODELS
+    chosen = PROFILES[profile]
+    # training then checks the scans against the layered profile (pivot_monai.engines.validate.check_preprocessing)
+    config = ["--config", str(chosen.preprocess)] if chosen.preprocess.exists() else []
+    models = chosen.models
     checkpoint = models / "model.pt"
     code = synth(raw, num_scans, seed, TRAIN_SIZE, "train", [processed], work_dir / "preview_train.png")
     code = code or synth(
@@ -85,21 +128,23 @@ def run(work_dir: Path, num_scans: int, seed: int, heldout_scans: int, fpr: bool
         if code:
             logger.error("[demo] step %s failed with exit code %d", argv[0], code)
             return code
-    code = train(processed, [DEMO_CONFIG, FAST_CONFIG] if fast else [DEMO_CONFIG], models)
+    code = train(processed, list(chosen.layers), models)
     if code:
         return code
     if fpr:
         # the second stage learns the detector's own candidates on the training scans; pivot infer and evaluate then
         # use the fpr.pt beside model.pt by default (the fast profile's fpr section sets fewer epochs)
         argv = ["train-fpr", "--data-dir", str(processed / "train"), "--checkpoint", str(checkpoint)]
-        argv += ["--config", str(FAST_CONFIG)] if fast else []
+        argv += ["--config", str(chosen.fpr_config)] if chosen.fpr_config else []
         logger.info("[demo] train-fpr: pivot %s", " ".join(argv))
         code = pivot(argv)
         if code:
             logger.error("[demo] train-fpr failed with exit code %d", code)
             return code
     # model.pt describes itself (network, preprocessing, inference settings): no --config from here on
-    return infer_and_evaluate(work_dir, processed, heldout, checkpoint, metadata=None if fast else METADATA)
+    return infer_and_evaluate(
+        work_dir, processed, heldout, checkpoint, metadata=chosen.metadata, results=work_dir / chosen.results
+    )
 
 
 def infer_and_evaluate(
@@ -108,16 +153,18 @@ def infer_and_evaluate(
     heldout: Path,
     checkpoint: Path = MODELS / "model.pt",
     metadata: Path | None = METADATA,
+    results: Path | None = None,
 ) -> int:
     """Infer on the raw test scans, evaluate both domains and print the cross-domain summary.
 
     ``metadata``: the bundle's ``metadata.json``, whose ``eval_metrics`` get these figures (None: left alone, for a
-    model that is not the bundle's ``models/model.pt``).
+    model that is not the bundle's ``models/model.pt``). ``results``: the output folder (default
+    ``work_dir/results``).
     """
     from pivot_monai.inference.crossdomain import domain_summary, format_domain_summaries
     from pivot_monai.inference.model_card import write_bundle_metrics
 
-    results = work_dir / "results"
+    results = results or work_dir / "results"
     test_raw = sorted(json.loads(m.read_text())["source"] for m in (processed / "test").glob("*/meta.json"))
     infer_args = ["infer", "--checkpoint", str(checkpoint), "--input", *test_raw, "--output", str(results / "infer")]
     code = pivot([*infer_args, "--save-previews"])
@@ -176,14 +223,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="fullsize held-out-domain scans, never trained on (20; --fast: 16)",
     )
-    p.add_argument("--fast", action="store_true", help="the 15-minute profile (demo_fast.yaml; module docstring)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
+        "--fast", dest="profile", action="store_const", const="fast", help="the 15-minute profile (demo_fast.yaml)"
+    )
+    which.add_argument(
+        "--long", dest="profile", action="store_const", const="long", help="the CPU long profile (cpu_long.yaml)"
+    )
+    p.set_defaults(profile="demo")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data and the split")
     p.add_argument("--no-fpr", action="store_true", help="skip the false-positive-reduction classifier")
     args = p.parse_args(argv)
     if args.num_scans is None:
-        args.num_scans = 70 if args.fast else 100
+        args.num_scans = PROFILES[args.profile].num_scans
     if args.heldout_scans is None:
-        args.heldout_scans = 16 if args.fast else 20
+        args.heldout_scans = PROFILES[args.profile].heldout_scans
     return args
 
 
@@ -192,4 +246,4 @@ if __name__ == "__main__":
 
     setup_logging()
     args = parse_args()
-    sys.exit(run(args.work_dir, args.num_scans, args.seed, args.heldout_scans, fpr=not args.no_fpr, fast=args.fast))
+    sys.exit(run(args.work_dir, args.num_scans, args.seed, args.heldout_scans, not args.no_fpr, args.profile))
