@@ -47,6 +47,7 @@ TRAIN_SIZE = "medium"
 HELDOUT_SEED = 9000  # seeds >= 1000 are never trained on
 
 
+# a NamedTuple rather than a dataclass: tests load this script by path, outside sys.modules, where dataclasses fail
 class Profile(NamedTuple):
     """One demo profile: what it trains with, on how many scans, and where its model goes.
 

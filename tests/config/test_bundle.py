@@ -74,6 +74,7 @@ def test_the_cpu_long_profile_only_lengthens_the_demo_training():
     assert (long["training"]["epochs"], long["validation"]["interval"]) == (72, 72)
     # the scans, the network and the inference it is evaluated with are the demo's
     assert all(long[k] == demo[k] for k in ("data", "model", "inference", "augmentation"))
+    assert long.get("fpr") == demo.get("fpr")  # and make demo's classifier
     # every checkpoint of the curve is kept: epochs 12, 24, ..., 72
     keep, every = long["checkpointing"]["keep_last_n"], long["checkpointing"]["save_interval"]
     assert keep * every >= long["training"]["epochs"]
