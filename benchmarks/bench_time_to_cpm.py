@@ -31,7 +31,7 @@ import numpy as np
 
 from benchmarks.common import Row, ensure_raw_dataset, format_table, load_profile, setup_logging, write_results
 
-__all__ = ["main", "patches_per_second", "run_epochs", "run_start"]
+__all__ = ["main", "patches_per_second", "resolve_run_dir", "run_epochs", "run_start"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +75,28 @@ def _checkpoints(run_dir: Path, epochs: int) -> list[tuple[int, Path]]:
     return found
 
 
+def resolve_run_dir(run_dir: Path, epochs: int) -> tuple[Path, list[tuple[int, Path]]]:
+    """The folder holding the run's checkpoints (``run_dir``, or its ``models/`` when given the bundle root) and them.
+
+    Raises:
+        SystemExit: neither holds a checkpoint (the message says which folder to pass).
+    """
+    for folder in (run_dir, run_dir / "models"):
+        if found := _checkpoints(folder, epochs):
+            if folder != run_dir:
+                logger.info("--run-dir %s is a bundle root: reading its checkpoints from models/", run_dir)
+            return folder, found
+    raise SystemExit(
+        f"--run-dir {run_dir}: no checkpoint_epoch=N.pt or model.pt there; pass the run's checkpointing.dir "
+        "(RUN/models by default) of a run trained with checkpointing.save_interval > 0"
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-dir", type=Path, required=True, help="the run's checkpointing.dir (models/)")
+    p.add_argument(
+        "--run-dir", type=Path, required=True, help="the run's checkpointing.dir (models/) or its bundle root"
+    )
     p.add_argument("--train-log", type=Path, required=True, help="the training run's console log")
     p.add_argument("--config", type=Path, required=True, help="the profile the run used, layered over train.yaml")
     p.add_argument("--heldout-scans", type=int, default=20, help="fullsize held-out-domain scans")
@@ -97,6 +116,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     log_text = args.train_log.read_text(errors="replace")
     rate = patches_per_second(log_text)
     epochs = run_epochs(log_text) or int(sections["training"]["epochs"])
+    args.run_dir, checkpoints = resolve_run_dir(args.run_dir, epochs)
     start = run_start(args.run_dir)
     if start is None:
         logger.warning(
@@ -105,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> list[Row]:
     heldout = args.heldout_dir or ensure_raw_dataset("fullsize", args.heldout_scans, args.heldout_seed, "heldout")
     rows = [Row(NAME, "training patches/s (median epoch)", rate)]
     curve = []
-    for epoch, path in _checkpoints(args.run_dir, epochs):
+    for epoch, path in checkpoints:
         minutes = (path.stat().st_mtime - start) / 60 if start else float("nan")
         out = args.run_dir / "time_to_cpm" / f"epoch{epoch}"
         metrics = evaluate(path, heldout, out, settings, bootstrap=0, classifier=None)

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import os
 
-from benchmarks.bench_time_to_cpm import _checkpoints, patches_per_second, run_epochs, run_start
+import pytest
+
+from benchmarks.bench_time_to_cpm import (
+    _checkpoints,
+    main,
+    patches_per_second,
+    resolve_run_dir,
+    run_epochs,
+    run_start,
+)
 
 LOG = """\
 22:51:26 INFO pivot_monai.handlers.progress: epoch 1/66: 53/70 it (76 %), 1.11s/it, loss=0.3779, elapsed 00:30
@@ -50,3 +59,21 @@ def test_checkpoints_in_epoch_order_with_the_final_model(tmp_path):
                                               (30, "model.pt")]  # fmt: skip
     os.remove(tmp_path / "model.pt")
     assert [e for e, _ in _checkpoints(tmp_path, epochs=22)] == [11, 22]
+
+
+def test_a_run_folder_without_checkpoints_is_a_clear_error(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_text(LOG)
+    (tmp_path / "models").mkdir()
+    argv = ["--run-dir", str(tmp_path / "models"), "--train-log", str(log), "--config", "bundle/configs/demo.yaml"]
+    with pytest.raises(SystemExit, match=r"no checkpoint_epoch=N.pt or model.pt there.*RUN/models"):
+        main([*argv, "--heldout-dir", str(tmp_path)])
+
+
+def test_a_bundle_root_reads_the_checkpoints_of_its_models_folder(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "checkpoint_epoch=12.pt").write_bytes(b"x")
+    (tmp_path / "models" / "model.pt").write_bytes(b"x")
+    folder, found = resolve_run_dir(tmp_path, epochs=24)
+    assert folder == tmp_path / "models" and [e for e, _ in found] == [12, 24]
+    assert resolve_run_dir(tmp_path / "models", epochs=24)[0] == tmp_path / "models"
