@@ -5,7 +5,7 @@ A training run with ``checkpointing.save_interval: N`` leaves ``checkpoint_epoch
 ``model.pt``, on the fullsize scans of the generator's ``heldout`` domain (never trained on), detector scores only
 (the FP-reduction classifier is trained on the final detector's candidates, so it would flatter no checkpoint), and
 takes each checkpoint's training time from its file time against the run's start (the stamp of its first
-TensorBoard event file, under ``--run-dir`` or the bundle root above it, where ``logs/`` sits beside ``models/``), so
+TensorBoard event file, in ``--run-dir`` or the bundle root above it, where ``logs/`` sits beside ``models/``), so
 hard-negative mining and validation count in the curve's minutes. The run's epoch count, which numbers the final
 ``model.pt``, is read from the log's ``epoch N/M`` lines, so a profile layered over ``--config`` (such as
 ``cpu_long.yaml`` over ``demo.yaml``) numbers it right.
@@ -57,11 +57,14 @@ def run_epochs(log_text: str) -> int | None:
 def run_start(run_dir: Path) -> float | None:
     """Unix time the run started: the stamp in the name of its first TensorBoard event file.
 
-    The event files are searched under ``run_dir`` and, when there are none, under its parent: the bundle's
-    ``checkpointing.dir`` (``models/``) and ``logging.log_dir`` (``logs/``) are siblings by default.
+    The event files are looked for in ``run_dir`` and its ``logs/`` or ``tensorboard/``, then in those of its parent:
+    the bundle's ``checkpointing.dir`` (``models/``) and ``logging.log_dir`` (``logs/``) are siblings by default.
+    Only these folders are read, not their subfolders, so another run nested in or beside this one (``make
+    demo-long``'s ``bundle/models/cpu_long/``) never lends its start.
     """
-    for root in (run_dir, run_dir.parent):
-        stamps = [int(m.group(1)) for p in root.rglob("events.out.tfevents.*") if (m := _EVENTS.search(p.name))]
+    folders = [d / sub for d in (run_dir, run_dir.parent) for sub in ("", "logs", "tensorboard")]
+    for folder in folders:
+        stamps = [int(m.group(1)) for p in folder.glob("events.out.tfevents.*") if (m := _EVENTS.search(p.name))]
         if stamps:
             return float(min(stamps))
     return None
